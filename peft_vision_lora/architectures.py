@@ -1,0 +1,184 @@
+"""The architecture table: everything the package knows about a backbone family, keyed by ``config.model_type``.
+
+Adding a family is one ``VisionArchitecture`` entry. Module names are never hard-coded for one transformers
+version: each role (query, key, value, ...) is a regex that covers both the 4.x names
+(``encoder.layer.N.attention.attention.query``) and the 5.x names (``layers.N.attention.q_proj``), and targets are
+resolved against the live model's ``named_modules()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+from transformers import PretrainedConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# PIL resampling filter ids, as transformers' image processors store them.
+BILINEAR, BICUBIC = 2, 3
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": (INCEPTION_MEAN, INCEPTION_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+}
+
+ROLES = ("q", "k", "v", "o", "fc1", "fc2")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q", "k", "v"),
+    "qv": ("q", "v"),
+    "attn": ("q", "k", "v", "o"),
+    "all": ROLES,
+}
+DEFAULT_PRESET = "qkv"
+
+
+@dataclass(frozen=True)
+class ProcessorDefaults:
+    """Preprocessing a family's checkpoints expect when they ship no ``preprocessor_config.json`` (timm style)."""
+
+    image_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    resample: int = BICUBIC
+    crop_pct: float = 0.875
+
+
+
+@dataclass(frozen=True)
+class VisionArchitecture:
+    """How to find the parts of one backbone family in a live model."""
+
+    model_type: str
+    classification_class: str
+    # Regex of the module path prefix that holds the vision encoder layers, e.g. ``vision_model.encoder.layers.3.``.
+    layer_prefix: str
+    # Per role: regex of the module path inside one layer. Alternatives cover transformers 4.x and 5.x names.
+    roles: Mapping[str, str]
+    head: str = "classifier"
+    processor: ProcessorDefaults = field(default_factory=ProcessorDefaults)
+    # transformers 4.x -> 5.x renames of module paths, applied to adapters saved under the old names.
+    legacy_renames: tuple[tuple[str, str], ...] = ()
+
+    def role_regex(self, roles: Iterable[str]) -> str:
+        """One regex that fully matches the module names of ``roles`` in every encoder layer."""
+        alternatives = "|".join(f"(?:{self.roles[r]})" for r in roles)
+        return rf"(?:.*\.)?{self.layer_prefix}\d+\.(?:{alternatives})"
+
+
+_VIT_ROLES = {
+    "q": r"attention\.(?:q_proj|attention\.query)",
+    "k": r"attention\.(?:k_proj|attention\.key)",
+    "v": r"attention\.(?:v_proj|attention\.value)",
+    "o": r"attention\.(?:o_proj|output\.dense)",
+    "fc1": r"(?:mlp\.fc1|intermediate\.dense)",
+    "fc2": r"(?:mlp\.fc2|output\.dense)",
+}
+_DINOV2_ROLES = {**_VIT_ROLES, "fc1": r"mlp\.(?:fc1|weights_in)", "fc2": r"mlp\.(?:fc2|weights_out)"}
+_CLIP_ROLES = {
+    "q": r"self_attn\.q_proj",
+    "k": r"self_attn\.k_proj",
+    "v": r"self_attn\.v_proj",
+    "o": r"self_attn\.out_proj",
+    "fc1": r"mlp\.fc1",
+    "fc2": r"mlp\.fc2",
+}
+_ATTENTION_RENAMES = (
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+)
+_CLIP_VISION = VisionArchitecture(
+    model_type="clip_vision_model",
+    classification_class="CLIPForImageClassification",
+    # Anchored on ``vision_model`` so a full CLIPModel never gets LoRA on its text tower.
+    layer_prefix=r"vision_model\.encoder\.layers\.",
+    roles=_CLIP_ROLES,
+    processor=ProcessorDefaults(mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0),
+)
+
+ARCHITECTURES: dict[str, VisionArchitecture] = {
+    "vit": VisionArchitecture(
+        model_type="vit",
+        classification_class="ViTForImageClassification",
+        layer_prefix=r"(?:layers|encoder\.layer)\.",
+        roles=_VIT_ROLES,
+        processor=ProcessorDefaults(mean=INCEPTION_MEAN, std=INCEPTION_STD, resample=BILINEAR, crop_pct=1.0),
+        legacy_renames=(
+            (r"\.encoder\.layer\.", ".layers."),
+            *_ATTENTION_RENAMES,
+            (r"\.intermediate\.dense\.", ".mlp.fc1."),
+            (r"\.output\.dense\.", ".mlp.fc2."),
+        ),
+    ),
+    "dinov2": VisionArchitecture(
+        model_type="dinov2",
+        classification_class="Dinov2ForImageClassification",
+        layer_prefix=r"encoder\.layer\.",
+        roles=_DINOV2_ROLES,
+        processor=ProcessorDefaults(),
+        legacy_renames=_ATTENTION_RENAMES,
+    ),
+    "clip": replace(_CLIP_VISION, model_type="clip"),
+    "clip_vision_model": _CLIP_VISION,
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def get_architecture(model_or_config: torch.nn.Module | PretrainedConfig | str) -> VisionArchitecture:
+    """The table entry for a model, its config or a ``model_type``; a clear error for anything unsupported."""
+    if isinstance(model_or_config, str):
+        model_type = model_or_config
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
+        model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"Unsupported architecture {model_type!r}: peft_vision_lora supports model_type "
+            f"{', '.join(supported_model_types())} (ViT, CLIP vision, DINOv2)."
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    # LoRA-wrapped layers keep a ``base_layer``; resolving on an already adapted model must still work.
+    return isinstance(getattr(module, "base_layer", module), torch.nn.Linear)
+
+
+def resolve_target_modules(model: torch.nn.Module, preset: str = DEFAULT_PRESET) -> list[str]:
+    """Full names of the Linear modules that ``preset`` adapts in ``model``, found in its ``named_modules()``."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    arch = get_architecture(model)
+    pattern = re.compile(arch.role_regex(PRESETS[preset]))
+    names = [
+        name for name, module in model.named_modules()
+        if pattern.fullmatch(name) and _is_linear(module) and ".base_layer" not in name
+    ]
+    layers = {re.search(rf"{arch.layer_prefix}(\d+)\.", n).group(1) for n in names}
+    if not names or len(names) != len(layers) * len(PRESETS[preset]):
+        raise ValueError(
+            f"Could not resolve preset {preset!r} on {type(model).__name__}: found {len(names)} modules in "
+            f"{len(layers)} layers. Is this a {arch.model_type} model of a supported transformers version?"
+        )
+    return names
+
+
+def rename_legacy_key(arch: VisionArchitecture, key: str) -> str:
+    """Map a transformers 4.x module or weight path of ``arch`` to its 5.x name (identity when already current)."""
+    padded = f".{key}."
+    for old, new in arch.legacy_renames:
+        padded = re.sub(old, new, padded)
+    return padded[1:-1]
