@@ -52,7 +52,6 @@ class ProcessorDefaults:
     crop_pct: float = 0.875
 
 
-
 @dataclass(frozen=True)
 class VisionArchitecture:
     """How to find the parts of one backbone family in a live model."""
@@ -164,7 +163,8 @@ def resolve_target_modules(model: torch.nn.Module, preset: str = DEFAULT_PRESET)
     arch = get_architecture(model)
     pattern = re.compile(arch.role_regex(PRESETS[preset]))
     names = [
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if pattern.fullmatch(name) and _is_linear(module) and ".base_layer" not in name
     ]
     layers = {re.search(rf"{arch.layer_prefix}(\d+)\.", n).group(1) for n in names}

@@ -1,0 +1,375 @@
+"""Build, save, load and merge LoRA image classifiers on ViT, CLIP vision and DINOv2 backbones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import snapshot_download
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    CLIPConfig,
+    CLIPForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import logging as hf_logging
+
+from .architectures import (
+    DEFAULT_PRESET,
+    VisionArchitecture,
+    get_architecture,
+    rename_legacy_key,
+    resolve_target_modules,
+)
+from .card import write_model_card
+from .configuration import VisionLoraConfig
+from .processing import default_image_processor, load_image_processor
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+# ----------------------------------------------------------------------------------------------------------- building
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    labels = [str(label) for label in labels]
+    if len(labels) < 2:
+        raise ValueError(f"Need at least 2 class labels for classification, got {labels!r}.")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"Class labels must be unique; duplicated: {duplicates}.")
+    if any(not label.strip() for label in labels):
+        raise ValueError(f"Class labels must be non-empty strings, got {labels!r}.")
+    return labels
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else that does not exist locally is a mistyped path.
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _check_base_exists(base: str | os.PathLike) -> str:
+    base = os.fspath(base)
+    if not os.path.isdir(base) and (_looks_like_path(base) or os.path.exists(base)):
+        raise FileNotFoundError(f"Base model path {base!r} does not exist or is not a model folder.")
+    return base
+
+
+def _classification_config(config: PretrainedConfig, labels: Sequence[str]) -> PretrainedConfig:
+    """``config`` as the config of a classification model over ``labels``."""
+    if config.model_type == "clip_vision_model":
+        # CLIPForImageClassification reads ``vision_config``; its unused text tower config stays at defaults.
+        config = CLIPConfig(vision_config=config.to_dict())
+    config = config.__class__.from_dict(config.to_dict())
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.num_labels = len(labels)
+    return config
+
+
+def _classification_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    if config.model_type == "clip":
+        return CLIPForImageClassification
+    return AutoModelForImageClassification
+
+
+def load_classifier(base: str | os.PathLike, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    """A classification model with the backbone weights of ``base`` and the head described by ``config``.
+
+    A fresh (or resized) head is expected and not reported; any *backbone* weight missing from ``base`` is.
+    """
+    arch = get_architecture(config)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is new by design: silence transformers' load report for it
+    try:
+        model, info = _classification_class(config).from_pretrained(
+            os.fspath(base), config=config, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    head = re.compile(rf"(^|\.){arch.head}\.")
+    missing = [k for k in info.get("missing_keys", []) if not head.search(k)]
+    if missing:
+        logger.warning("Backbone weights not found in %s, initialised randomly: %s", base, sorted(missing)[:10])
+    return model
+
+
+def build_model(
+    base: str | os.PathLike | PreTrainedModel,
+    labels: Sequence[str],
+    *,
+    preset: str = DEFAULT_PRESET,
+    r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    normalization: str | None = None,
+    **lora_kwargs: Any,
+) -> PeftModel:
+    """A LoRA image classifier: frozen backbone of ``base``, LoRA on the ``preset`` projections, a fresh trainable head.
+
+    ``base`` is a local folder, a Hub id or a model instance of a supported family (classification model, bare
+    backbone, or a full ``CLIPModel`` used as a vision backbone). Extra keyword arguments (``use_dora``,
+    ``use_rslora``, ``init_lora_weights``, ...) go to ``peft.LoraConfig``. ``normalization`` overrides the image
+    mean/std saved with the adapter (``imagenet``, ``inception``, ``clip``).
+    """
+    labels = _check_labels(labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(base, torch.nn.Module):
+            get_architecture(base)  # fail before writing anything
+            base_name = getattr(base, "name_or_path", "") or ""
+            base.save_pretrained(tmp)  # one loading path for instances and folders: transformers' own loader
+            source = tmp
+        else:
+            source = base_name = _check_base_exists(base)
+        config = AutoConfig.from_pretrained(source)
+        arch = get_architecture(config)
+        model = load_classifier(source, _classification_config(config, labels))
+        model.name_or_path = base_name or source
+        processor = load_image_processor(source, normalization=normalization) if source != tmp else None
+    lora_config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=resolve_target_modules(model, preset),
+        modules_to_save=[arch.head],
+        **lora_kwargs,
+    )
+    peft_model = get_peft_model(model, lora_config)
+    peft_model.peft_config["default"].base_model_name_or_path = model.name_or_path
+    # Kept on the model so save_pretrained writes the preprocessing this model was built with.
+    peft_model.vision_lora_preset = preset
+    peft_model.vision_lora_image_processor = processor or default_image_processor(
+        model.config, normalization=normalization
+    )
+    return peft_model
+
+
+# ------------------------------------------------------------------------------------------------------------- saving
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap a finished folder into place so readers see the old folder or the new one, never a mix."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def save_pretrained(
+    model: PeftModel,
+    out_dir: str | os.PathLike,
+    image_processor: BaseImageProcessor | None = None,
+    *,
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+    dataset: str | None = None,
+) -> Path:
+    """Write the portable adapter folder, atomically.
+
+    The folder loads with stock ``PeftModel.from_pretrained(base, folder)``, and after ``import peft_vision_lora``
+    with ``AutoModelForImageClassification.from_pretrained(folder)``, ``pipeline("image-classification", folder)``
+    and :func:`load_model`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    classifier = model.get_base_model()
+    peft_config = model.peft_config[model.active_adapter]
+    base_name = peft_config.base_model_name_or_path or classifier.name_or_path
+    processor = image_processor or getattr(model, "vision_lora_image_processor", None)
+    if processor is None:
+        processor = default_image_processor(classifier.config)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        config = VisionLoraConfig.from_backbone(
+            classifier.config, base_name, getattr(model, "vision_lora_preset", None)
+        )
+        config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_model_card(tmp, model, base_name, metrics=metrics, command=command, dataset=dataset, name=out_dir.name)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------------------------------ loading
+
+
+def resolve_adapter_dir(path_or_id: str | os.PathLike) -> Path:
+    """A local folder holding the adapter: the folder itself, or a Hub snapshot of it (safetensors only)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        folder = path
+    elif _looks_like_path(os.fspath(path_or_id)):
+        raise FileNotFoundError(f"Adapter folder {os.fspath(path_or_id)!r} does not exist.")
+    else:
+        folder = Path(snapshot_download(os.fspath(path_or_id), allow_patterns=["*.json", "*.safetensors", "*.md"]))
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"No {ADAPTER_CONFIG} in {folder}: not a PEFT adapter folder.")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
+        if pickles:
+            raise ValueError(
+                f"{folder / pickles[0]} is a pickle file; peft_vision_lora only loads safetensors weights. "
+                "Convert it once, from a trusted source, with PeftModel.from_pretrained(...).save_pretrained(dir)."
+            )
+        raise FileNotFoundError(f"No {ADAPTER_WEIGHTS} in {folder}.")
+    return folder
+
+
+def adapter_backbone_config(folder: Path, peft_config: PeftConfig) -> tuple[PretrainedConfig, str]:
+    """Backbone config with labels and the base location, from our config.json or, failing that, the base itself."""
+    config_file = folder / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == VisionLoraConfig.model_type:
+        config = VisionLoraConfig.from_pretrained(folder)
+        return config.get_backbone_config(), config.base_model_name_or_path or peft_config.base_model_name_or_path
+    # An adapter saved by other tools (stock PEFT): labels come from its own config.json if any, else from the head.
+    base = peft_config.base_model_name_or_path
+    if config_file.is_file():
+        return AutoConfig.from_pretrained(folder), base
+    return AutoConfig.from_pretrained(_check_base_exists(base)), base
+
+
+def _head_size(state_dict: dict[str, torch.Tensor], arch: VisionArchitecture) -> int | None:
+    pattern = re.compile(rf"(^|\.){arch.head}\.(modules_to_save\.)?(\w+\.)?weight$")
+    sizes = {t.shape[0] for k, t in state_dict.items() if pattern.search(k) and t.ndim == 2}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def convert_legacy_names(
+    model: PreTrainedModel, state_dict: dict[str, torch.Tensor], peft_config: PeftConfig, folder: Path
+) -> tuple[dict[str, torch.Tensor], PeftConfig]:
+    """Rename an adapter saved under the other transformers naming (4.x ``attention.attention.query``) to the live one.
+
+    The adapted modules are read off the weights themselves, so suffix target lists such as ``["query", "value"]``
+    that match nothing in a 5.x model are replaced by the exact module paths they adapted.
+    """
+    arch = get_architecture(model)
+    live = {name for name, _ in model.named_modules()}
+    prefix = "base_model.model."
+    adapted = sorted(
+        {k[len(prefix) :].split(".lora_")[0] for k in state_dict if ".lora_" in k and k.startswith(prefix)}
+    )
+    renames = {}
+    for name in adapted:
+        if name in live:
+            continue
+        new = rename_legacy_key(arch, name)
+        if new not in live:
+            raise ValueError(
+                f"Adapter {folder} adapts module {name!r}, which the {type(model).__name__} base does not have "
+                f"(nor under current transformers naming, {new!r}). Was it trained on a different architecture?"
+            )
+        renames[name] = new
+    if not renames:
+        return state_dict, peft_config
+    logger.info("Converting %d module names of %s to current transformers naming.", len(renames), folder)
+    converted = {}
+    for key, tensor in state_dict.items():
+        module = key[len(prefix) :].split(".lora_")[0] if ".lora_" in key else None
+        converted[key.replace(module, renames[module], 1) if module in renames else key] = tensor
+    peft_config.target_modules = sorted({renames.get(name, name) for name in adapted})
+    return converted, peft_config
+
+
+def _check_same_architecture(
+    backbone: PretrainedConfig, base_config: PretrainedConfig, folder: Path, base: str
+) -> None:
+    mine, theirs = get_architecture(backbone), get_architecture(base_config)
+    vision = lambda c: getattr(c, "vision_config", None) or c  # noqa: E731
+    geometry = ("hidden_size", "num_hidden_layers", "patch_size")
+    if mine.classification_class != theirs.classification_class or any(
+        getattr(vision(backbone), g, None) != getattr(vision(base_config), g, None) for g in geometry
+    ):
+        raise ValueError(
+            f"Adapter {folder} was trained on a {backbone.model_type} backbone "
+            f"({', '.join(f'{g}={getattr(vision(backbone), g, None)}' for g in geometry)}) but the base {base!r} is a "
+            f"{base_config.model_type} ({', '.join(f'{g}={getattr(vision(base_config), g, None)}' for g in geometry)})."
+        )
+
+
+def load_model(
+    path_or_id: str | os.PathLike,
+    *,
+    merge: bool = False,
+    base_model: str | os.PathLike | None = None,
+    adapter_name: str = "default",
+) -> PeftModel | PreTrainedModel:
+    """The classifier stored in an adapter folder (local or Hub), in eval mode, ready for inference.
+
+    Returns a ``PeftModel``, or with ``merge=True`` a plain transformers model with the LoRA weights merged in.
+    ``base_model`` overrides the backbone location recorded in the adapter. Adapters saved under the transformers
+    4.x module names load on 5.x (and vice versa for names the table knows).
+    """
+    folder = resolve_adapter_dir(path_or_id)
+    peft_config = PeftConfig.from_pretrained(folder)
+    backbone_config, base = adapter_backbone_config(folder, peft_config)
+    base = base_model if base_model is not None else base
+    if base is None:
+        raise ValueError(f"Adapter {folder} does not name its base model; pass base_model=...")
+    base = _check_base_exists(base)
+    _check_same_architecture(backbone_config, AutoConfig.from_pretrained(base), folder, base)
+    state_dict = load_file(folder / ADAPTER_WEIGHTS)
+    arch = get_architecture(backbone_config)
+    head = _head_size(state_dict, arch)
+    if head is not None and head != backbone_config.num_labels:
+        raise ValueError(
+            f"{folder / 'config.json'} lists {backbone_config.num_labels} labels but the head in "
+            f"{folder / ADAPTER_WEIGHTS} has {head} outputs."
+        )
+    labels = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
+    model = load_classifier(base, _classification_config(backbone_config, labels))
+    model.name_or_path = os.fspath(base)
+    state_dict, peft_config = convert_legacy_names(model, state_dict, peft_config, folder)
+    peft_config.inference_mode = True
+    peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=adapter_name)
+    unexpected = [k for k in result.unexpected_keys if adapter_name in k or "lora_" in k]
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if unexpected or missing:
+        raise ValueError(
+            f"Adapter {folder} does not fit its base {base!r}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    peft_model.eval()
+    if merge:
+        return peft_model.merge_and_unload().eval()
+    return peft_model
+
+
+def merge_adapter(path_or_id: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None) -> Path:
+    """A standalone transformers model folder: LoRA merged into the backbone, head, labels and processor kept."""
+    folder = resolve_adapter_dir(path_or_id)
+    model = load_model(folder, merge=True, base_model=base_model)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        load_image_processor(folder).save_pretrained(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
