@@ -66,6 +66,8 @@ class VisionArchitecture:
     processor: ProcessorDefaults = field(default_factory=ProcessorDefaults)
     # transformers 4.x -> 5.x renames of module paths, applied to adapters saved under the old names.
     legacy_renames: tuple[tuple[str, str], ...] = ()
+    # ``key_mapping`` for loading this family's bare-backbone checkpoints into its classification class.
+    checkpoint_key_mapping: Mapping[str, str] = field(default_factory=dict)
 
     def role_regex(self, roles: Iterable[str]) -> str:
         """One regex that fully matches the module names of ``roles`` in every encoder layer."""
@@ -99,10 +101,12 @@ _ATTENTION_RENAMES = (
 _CLIP_VISION = VisionArchitecture(
     model_type="clip_vision_model",
     classification_class="CLIPForImageClassification",
-    # Anchored on ``vision_model`` so a full CLIPModel never gets LoRA on its text tower.
-    layer_prefix=r"vision_model\.encoder\.layers\.",
+    # transformers 5 CLIPVisionModel has no ``vision_model`` wrapper; 4.x and full CLIP checkpoints do.
+    layer_prefix=r"(?:vision_model\.)?encoder\.layers\.",
     roles=_CLIP_ROLES,
     processor=ProcessorDefaults(mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0),
+    # A transformers 5 CLIPVisionModel saves ``encoder.*``; CLIPForImageClassification wants ``vision_model.encoder.*``.
+    checkpoint_key_mapping={r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.": r"vision_model.\1."},
 )
 
 ARCHITECTURES: dict[str, VisionArchitecture] = {
@@ -127,7 +131,10 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         processor=ProcessorDefaults(),
         legacy_renames=_ATTENTION_RENAMES,
     ),
-    "clip": replace(_CLIP_VISION, model_type="clip"),
+    # Anchored on ``vision_model`` so a full CLIPModel never gets LoRA on its text tower.
+    "clip": replace(
+        _CLIP_VISION, model_type="clip", layer_prefix=r"vision_model\.encoder\.layers\.", checkpoint_key_mapping={}
+    ),
     "clip_vision_model": _CLIP_VISION,
 }
 

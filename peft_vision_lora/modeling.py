@@ -95,7 +95,9 @@ def load_classifier(base: str | os.PathLike, config: PretrainedConfig, **kwargs:
 
     A fresh (or resized) head is expected and not reported; any *backbone* weight missing from ``base`` is.
     """
-    arch = get_architecture(config)
+    arch = get_architecture(AutoConfig.from_pretrained(os.fspath(base)))
+    if arch.checkpoint_key_mapping:
+        kwargs.setdefault("key_mapping", dict(arch.checkpoint_key_mapping))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the head is new by design: silence transformers' load report for it
     try:

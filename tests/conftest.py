@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random checkpoints of every supported family, written to tmp dirs, and the ../shared assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_VIT = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
+FLOWERS12 = SHARED / "data" / "flowers12"
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+)
+TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99)
+
+# name -> factory of a randomly initialised model; covers every class the architecture table promises.
+TINY_MODELS = {
+    "vit": lambda: ViTForImageClassification(ViTConfig(**TINY)),
+    "vit-backbone": lambda: ViTModel(ViTConfig(**TINY)),
+    "dinov2": lambda: Dinov2ForImageClassification(Dinov2Config(**TINY)),
+    "dinov2-backbone": lambda: Dinov2Model(Dinov2Config(**TINY)),
+    "clip": lambda: CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=TINY)),
+    "clip-vision": lambda: CLIPVisionModel(CLIPVisionConfig(**TINY)),
+    "clip-vision-projection": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY, projection_dim=16)),
+}
+
+
+def make_tiny(name: str, folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = TINY_MODELS[name]()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {name: make_tiny(name, root / name) for name in TINY_MODELS}
+
+
+@pytest.fixture
+def pixel_values() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def shared_vit() -> Path:
+    if not (SHARED_VIT / "model.safetensors").is_file():
+        pytest.skip(f"real ViT-S/14 not found at {SHARED_VIT} (../shared is absent)")
+    return SHARED_VIT
+
+
+@pytest.fixture(scope="session")
+def flowers12() -> Path:
+    if not (FLOWERS12 / "train").is_dir():
+        pytest.skip(f"flowers12 not found at {FLOWERS12} (../shared is absent)")
+    return FLOWERS12

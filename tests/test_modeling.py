@@ -1,0 +1,268 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODELS, make_tiny
+from PIL import Image
+from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, pipeline
+
+import peft_vision_lora as pvl
+from peft_vision_lora.architectures import get_architecture
+
+LABELS = ["cat", "dog", "fox"]
+
+
+def _logits(model, pixel_values):
+    with torch.no_grad():
+        return model(pixel_values=pixel_values).logits
+
+
+@pytest.fixture
+def trained(tiny_models, tmp_path):
+    """A saved ViT adapter with non-zero LoRA weights and head, as after training."""
+    model = pvl.build_model(tiny_models["vit"], LABELS, init_lora_weights=False)
+    folder = pvl.save_pretrained(
+        model, tmp_path / "adapter", metrics={"eval_top1": 0.9}, command="peft-vision-lora train"
+    )
+    return model.eval(), folder
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_build_model_from_every_family_and_class(tiny_models, name, pixel_values, caplog):
+    model = pvl.build_model(tiny_models[name], LABELS)
+    assert "Backbone weights not found" not in caplog.text
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or "classifier" in n for n in trainable)
+    assert any("classifier" in n for n in trainable)
+    assert model.get_base_model().config.id2label == {0: "cat", 1: "dog", 2: "fox"}
+    assert _logits(model, pixel_values).shape == (2, 3)
+    assert not any("text_model" in n for n, _ in model.named_modules())
+
+
+def test_build_model_from_instance_matches_folder(tiny_models, pixel_values):
+    torch.manual_seed(0)
+    from_folder = pvl.build_model(tiny_models["dinov2-backbone"], LABELS, init_lora_weights=False)
+    instance = AutoModelForImageClassification.from_pretrained(tiny_models["dinov2-backbone"])
+    torch.manual_seed(0)
+    from_instance = pvl.build_model(instance, LABELS, init_lora_weights=False)
+    assert torch.equal(_logits(from_folder, pixel_values), _logits(from_instance, pixel_values))
+
+
+def test_lora_options_pass_through(tiny_models):
+    model = pvl.build_model(tiny_models["vit"], LABELS, preset="qv", r=4, lora_alpha=8, use_dora=True, use_rslora=True)
+    config = model.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.use_dora, config.use_rslora) == (4, 8, True, True)
+    assert any("lora_magnitude_vector" in n for n, _ in model.named_parameters())
+    assert len(config.target_modules) == 4
+
+
+def test_vit_b16_trainable_parameters():
+    # ViT-B/16 geometry (the transformers default config), qkv, r=8: 12 layers x 3 x r x (768 + 768) + head.
+    model = pvl.build_model(ViTForImageClassification(ViTConfig()), [str(i) for i in range(100)], r=8)
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == 12 * 3 * 8 * (768 + 768) + (768 * 100 + 100) == 519_268
+    assert trainable / total < 0.01
+
+
+def test_saved_folder_contents(trained):
+    model, folder = trained
+    assert {p.name for p in folder.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+    }
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
+    assert config["backbone_config"]["model_type"] == "vit"
+    card = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "peft" and metadata["pipeline_tag"] == "image-classification"
+    assert metadata["base_model"] == model.peft_config["default"].base_model_name_or_path
+    assert "| eval_top1 | 0.9000 |" in card and "peft-vision-lora train" in card
+    assert not list(folder.parent.glob(".adapter*")), "temporary folders left behind"
+
+
+def test_save_replaces_atomically(trained, monkeypatch):
+    model, folder = trained
+    before = (folder / "adapter_model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("peft_vision_lora.modeling.write_model_card", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pvl.save_pretrained(model, folder)
+    assert (folder / "adapter_model.safetensors").read_bytes() == before
+    assert not list(folder.parent.glob(".adapter*"))
+
+
+@pytest.mark.parametrize("name", ["vit", "dinov2", "clip", "clip-vision"])
+def test_four_loaders_give_identical_logits(tiny_models, tmp_path, pixel_values, name):
+    from peft import PeftModel
+
+    model = pvl.build_model(tiny_models[name], LABELS, init_lora_weights=False).eval()
+    folder = pvl.save_pretrained(model, tmp_path / "adapter")
+    reference = _logits(model, pixel_values)
+
+    config = model.get_base_model().config
+    cls = type(model.get_base_model())
+    # A bare CLIPVisionModel checkpoint needs its keys moved under ``vision_model.`` (stock transformers option).
+    key_mapping = dict(get_architecture("clip_vision_model").checkpoint_key_mapping) if name == "clip-vision" else None
+    base = cls.from_pretrained(tiny_models[name], config=config, ignore_mismatched_sizes=True, key_mapping=key_mapping)
+    stock_peft = PeftModel.from_pretrained(base, folder).eval()
+    auto = AutoModelForImageClassification.from_pretrained(folder).eval()
+    ours = pvl.load_model(folder)
+    for loaded in (stock_peft, auto, ours):
+        assert (_logits(loaded, pixel_values) - reference).abs().max() <= 1e-5
+
+    classify = pipeline("image-classification", model=str(folder))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    expected = _logits(ours, classify.image_processor(image, return_tensors="pt")["pixel_values"]).softmax(-1)[0]
+    result = classify(image, top_k=3)
+    assert [r["label"] for r in result] == [LABELS[i] for i in expected.argsort(descending=True)]
+    assert result[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_merge_adapter_is_plain_transformers(trained, tmp_path, pixel_values):
+    model, folder = trained
+    merged_dir = pvl.merge_adapter(folder, tmp_path / "merged")
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "preprocessor_config.json").is_file()
+    merged = AutoModelForImageClassification.from_pretrained(merged_dir).eval()
+    assert type(merged) is ViTForImageClassification
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert merged.config.id2label == {0: "cat", 1: "dog", 2: "fox"}
+    assert (_logits(merged, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-4
+    in_memory = pvl.load_model(folder, merge=True)
+    assert (_logits(in_memory, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-4
+
+
+def _as_transformers4_adapter(folder, out):
+    """Rewrite a saved ViT adapter as transformers 4.x would have saved it (old module paths, suffix targets)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out)
+    renames = [
+        ("vit.layers.", "vit.encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+    ]
+    state = load_file(out / "adapter_model.safetensors")
+    renamed = {}
+    for key, value in state.items():
+        for old, new in renames:
+            key = key.replace(old, new)
+        renamed[key] = value
+    save_file(renamed, out / "adapter_model.safetensors")
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["target_modules"] = ["query", "value"]
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return renamed
+
+
+def test_loads_adapter_saved_under_transformers_4_names(tiny_models, tmp_path, pixel_values):
+    from peft import PeftModel
+
+    model = pvl.build_model(tiny_models["vit"], LABELS, preset="qv", init_lora_weights=False).eval()
+    folder = pvl.save_pretrained(model, tmp_path / "current")
+    keys = _as_transformers4_adapter(folder, tmp_path / "legacy")
+    assert "base_model.model.vit.encoder.layer.0.attention.attention.query.lora_A.weight" in keys
+
+    base = ViTForImageClassification.from_pretrained(
+        tiny_models["vit"], config=model.get_base_model().config, ignore_mismatched_sizes=True
+    )
+    with pytest.raises(ValueError, match="[Tt]arget modules"):
+        PeftModel.from_pretrained(base, tmp_path / "legacy")  # stock PEFT refuses the old names
+    legacy = pvl.load_model(tmp_path / "legacy")
+    assert (_logits(legacy, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------------- errors
+
+
+def test_error_base_path_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        pvl.build_model(tmp_path / "does-not-exist", LABELS)
+
+
+def test_error_unsupported_architecture(tmp_path):
+    from transformers import ConvNextConfig, ConvNextModel
+
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])).save_pretrained(tmp_path / "cnx")
+    with pytest.raises(ValueError, match="Unsupported architecture 'convnext'.*supports model_type clip"):
+        pvl.build_model(tmp_path / "cnx", LABELS)
+
+
+@pytest.mark.parametrize("labels, message", [(["a"], "at least 2"), (["a", "b", "a"], "duplicated: \\['a'\\]")])
+def test_error_bad_labels(tiny_models, labels, message):
+    with pytest.raises(ValueError, match=message):
+        pvl.build_model(tiny_models["vit"], labels)
+
+
+def test_error_labels_do_not_match_head(trained):
+    _, folder = trained
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "cat", "1": "dog"}
+    config["label2id"] = {"cat": 0, "dog": 1}
+    config["backbone_config"]["id2label"] = config["id2label"]
+    config["backbone_config"]["label2id"] = config["label2id"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="lists 2 labels but the head .* has 3 outputs"):
+        pvl.load_model(folder)
+
+
+def test_error_pickle_only_adapter(trained):
+    _, folder = trained
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    with pytest.raises(ValueError, match="adapter_model.bin is a pickle file"):
+        pvl.load_model(folder)
+
+
+def test_error_adapter_for_another_architecture(trained, tiny_models):
+    _, folder = trained
+    with pytest.raises(ValueError, match="trained on a vit backbone .* is a dinov2"):
+        pvl.load_model(folder, base_model=tiny_models["dinov2"])
+
+
+def test_error_adapter_for_other_geometry(trained, tmp_path):
+    _, folder = trained
+    torch.manual_seed(0)
+    other = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    other.save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match="hidden_size=32.*hidden_size=48"):
+        pvl.load_model(folder, base_model=tmp_path / "wide")
+
+
+def test_error_not_an_adapter_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        pvl.load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        pvl.load_model(tmp_path / "nowhere")
+
+
+def test_unrelated_base_is_found_through_other_tree(tmp_path, pixel_values):
+    # The adapter records where its base lives; a moved base is passed explicitly.
+    base = make_tiny("vit", tmp_path / "base")
+    model = pvl.build_model(base, LABELS, init_lora_weights=False).eval()
+    folder = pvl.save_pretrained(model, tmp_path / "adapter")
+    base.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="base"):
+        pvl.load_model(folder)
+    loaded = pvl.load_model(folder, base_model=tmp_path / "moved")
+    assert (_logits(loaded, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-6
+    assert get_architecture(loaded).model_type == "vit"
