@@ -1,0 +1,25 @@
+# One-command entry points for a fresh machine (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint main clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# constraints.txt pins the CPU build of torch, so no multi-GB CUDA wheel is pulled.
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+
+test: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check peft_vision_lora
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
