@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint main clean
+.PHONY: install system-deps test lint main clean
+
+# Fashion-MNIST for the offline main job comes from Debian's registry (/usr/share/datasets/fashion-mnist).
+system-deps:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # constraints.txt pins the CPU build of torch, so no multi-GB CUDA wheel is pulled.
-install: $(BIN)/python
+install: $(BIN)/python system-deps
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 
 test: install

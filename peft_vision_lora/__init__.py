@@ -8,6 +8,7 @@ from .architectures import ARCHITECTURES, PRESETS, get_architecture, resolve_tar
 from .configuration import VisionLoraConfig
 from .modeling import build_model, load_model, merge_adapter, save_pretrained
 from .multi_adapter import MultiAdapterClassifier
+from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
 from .processing import load_image_processor
 from .registration import VisionLoraForImageClassification, register
 
@@ -17,12 +18,16 @@ register()
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_BACKBONE",
     "PRESETS",
     "MultiAdapterClassifier",
     "VisionLoraConfig",
     "VisionLoraForImageClassification",
     "build_model",
+    "default_model_path",
+    "ensure_default_backbone",
     "get_architecture",
+    "load_fashion_mnist",
     "load_image_processor",
     "load_model",
     "merge_adapter",

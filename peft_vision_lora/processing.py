@@ -11,9 +11,9 @@ from transformers.image_processing_utils import BaseImageProcessor
 from .architectures import NORMALIZATIONS, get_architecture
 
 try:  # transformers 5 splits processors by backend; the PIL one needs no torchvision
-    from transformers import CLIPImageProcessorPil as _ShortSideCropProcessor
+    from transformers import CLIPImageProcessorPil as ShortSideCropProcessor
 except ImportError:
-    from transformers import CLIPImageProcessor as _ShortSideCropProcessor
+    from transformers import CLIPImageProcessor as ShortSideCropProcessor
 
 PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -29,7 +29,7 @@ def default_image_processor(
     defaults = get_architecture(config).processor
     size = image_size or _config_image_size(config) or defaults.image_size
     mean, std = NORMALIZATIONS[normalization] if normalization else (defaults.mean, defaults.std)
-    return _ShortSideCropProcessor(
+    return ShortSideCropProcessor(
         size={"shortest_edge": int(round(size / defaults.crop_pct))},
         crop_size={"height": size, "width": size},
         resample=defaults.resample,
