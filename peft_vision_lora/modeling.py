@@ -241,17 +241,20 @@ def resolve_adapter_dir(path_or_id: str | os.PathLike) -> Path:
     return folder
 
 
-def adapter_backbone_config(folder: Path, peft_config: PeftConfig) -> tuple[PretrainedConfig, str]:
-    """Backbone config with labels and the base location, from our config.json or, failing that, the base itself."""
+def adapter_backbone_config(folder: Path, peft_config: PeftConfig) -> tuple[PretrainedConfig, str, bool]:
+    """Backbone config, base location, and whether the folder itself records the labels.
+
+    Our folders carry both in config.json; an adapter saved by stock PEFT may have a plain config.json, or none,
+    in which case the base's config stands in and the labels are unknown.
+    """
     config_file = folder / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == VisionLoraConfig.model_type:
         config = VisionLoraConfig.from_pretrained(folder)
-        return config.get_backbone_config(), config.base_model_name_or_path or peft_config.base_model_name_or_path
-    # An adapter saved by other tools (stock PEFT): labels come from its own config.json if any, else from the head.
+        return config.get_backbone_config(), config.base_model_name_or_path or peft_config.base_model_name_or_path, True
     base = peft_config.base_model_name_or_path
     if config_file.is_file():
-        return AutoConfig.from_pretrained(folder), base
-    return AutoConfig.from_pretrained(_check_base_exists(base)), base
+        return AutoConfig.from_pretrained(folder), base, True
+    return AutoConfig.from_pretrained(_check_base_exists(base)), base, False
 
 
 def _head_size(state_dict: dict[str, torch.Tensor], arch: VisionArchitecture) -> int | None:
@@ -327,7 +330,7 @@ def load_model(
     """
     folder = resolve_adapter_dir(path_or_id)
     peft_config = PeftConfig.from_pretrained(folder)
-    backbone_config, base = adapter_backbone_config(folder, peft_config)
+    backbone_config, base, labels_known = adapter_backbone_config(folder, peft_config)
     base = base_model if base_model is not None else base
     if base is None:
         raise ValueError(f"Adapter {folder} does not name its base model; pass base_model=...")
@@ -336,12 +339,15 @@ def load_model(
     state_dict = load_file(folder / ADAPTER_WEIGHTS)
     arch = get_architecture(backbone_config)
     head = _head_size(state_dict, arch)
-    if head is not None and head != backbone_config.num_labels:
-        raise ValueError(
-            f"{folder / 'config.json'} lists {backbone_config.num_labels} labels but the head in "
-            f"{folder / ADAPTER_WEIGHTS} has {head} outputs."
-        )
     labels = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
+    if head is not None and head != len(labels):
+        if labels_known:
+            raise ValueError(
+                f"{folder / 'config.json'} lists {len(labels)} labels but the head in "
+                f"{folder / ADAPTER_WEIGHTS} has {head} outputs."
+            )
+        logger.warning("Adapter %s records no labels; naming its %d classes LABEL_0...", folder, head)
+        labels = [f"LABEL_{i}" for i in range(head)]
     model = load_classifier(base, _classification_config(backbone_config, labels))
     model.name_or_path = os.fspath(base)
     state_dict, peft_config = convert_legacy_names(model, state_dict, peft_config, folder)
@@ -355,9 +361,17 @@ def load_model(
             f"Adapter {folder} does not fit its base {base!r}: missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
     peft_model.eval()
+    peft_model.vision_lora_preset = getattr(backbone_config, "preset", None)
+    peft_model.vision_lora_image_processor = _folder_processor(folder, model.config)
     if merge:
         return peft_model.merge_and_unload().eval()
     return peft_model
+
+
+def _folder_processor(folder: Path, config: PretrainedConfig) -> BaseImageProcessor:
+    if (folder / "preprocessor_config.json").is_file():
+        return load_image_processor(folder)
+    return default_image_processor(config)
 
 
 def merge_adapter(path_or_id: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None) -> Path:
@@ -369,7 +383,7 @@ def merge_adapter(path_or_id: str | os.PathLike, out_dir: str | os.PathLike, *, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        load_image_processor(folder).save_pretrained(tmp)
+        _folder_processor(folder, model.config).save_pretrained(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,7 +49,7 @@ class MultiAdapterClassifier(torch.nn.Module):
             raise ValueError(f"Adapter {name!r} is already loaded.")
         folder = resolve_adapter_dir(path_or_id)
         peft_config = PeftConfig.from_pretrained(folder)
-        backbone_config, _ = adapter_backbone_config(folder, peft_config)
+        backbone_config, _, _ = adapter_backbone_config(folder, peft_config)
         head_name = get_architecture(backbone_config).head
         state_dict = load_file(folder / ADAPTER_WEIGHTS)
         if self.model is None:

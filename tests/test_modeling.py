@@ -183,6 +183,23 @@ def test_loads_adapter_saved_under_transformers_4_names(tiny_models, tmp_path, p
     assert (_logits(legacy, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-6
 
 
+def test_loads_adapter_saved_by_stock_peft(tiny_models, tmp_path, pixel_values):
+    # PEFT's own image-classification recipe: no config.json, no processor, suffix targets, head in modules_to_save.
+    from peft import LoraConfig, get_peft_model
+
+    base = ViTForImageClassification.from_pretrained(tiny_models["vit"], num_labels=4, ignore_mismatched_sizes=True)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"], init_lora_weights=False
+    )
+    model = get_peft_model(base, config).eval()
+    model.save_pretrained(tmp_path / "stock")
+    loaded = pvl.load_model(tmp_path / "stock")
+    assert (_logits(loaded, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-6
+    assert loaded.get_base_model().config.id2label[3] == "LABEL_3"
+    resaved = pvl.save_pretrained(loaded, tmp_path / "ours")
+    assert (resaved / "config.json").is_file() and (resaved / "preprocessor_config.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------------------------- errors
 
 
