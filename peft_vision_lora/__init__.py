@@ -6,6 +6,7 @@ Importing the package registers the supported families with PEFT (so ``get_peft_
 
 from .architectures import ARCHITECTURES, PRESETS, get_architecture, resolve_target_modules, supported_model_types
 from .configuration import VisionLoraConfig
+from .data import ImageTransforms, MixupCutmix, TransformOptions, load_image_dataset, normalize_on_device
 from .modeling import build_model, load_model, merge_adapter, save_pretrained
 from .multi_adapter import MultiAdapterClassifier
 from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
@@ -19,7 +20,10 @@ register()
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_BACKBONE",
+    "ImageTransforms",
+    "MixupCutmix",
     "PRESETS",
+    "TransformOptions",
     "MultiAdapterClassifier",
     "VisionLoraConfig",
     "VisionLoraForImageClassification",
@@ -28,9 +32,11 @@ __all__ = [
     "ensure_default_backbone",
     "get_architecture",
     "load_fashion_mnist",
+    "load_image_dataset",
     "load_image_processor",
     "load_model",
     "merge_adapter",
+    "normalize_on_device",
     "register",
     "resolve_target_modules",
     "save_pretrained",

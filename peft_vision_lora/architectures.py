@@ -115,7 +115,9 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         classification_class="ViTForImageClassification",
         layer_prefix=r"(?:layers|encoder\.layer)\.",
         roles=_VIT_ROLES,
-        processor=ProcessorDefaults(mean=INCEPTION_MEAN, std=INCEPTION_STD, resample=BILINEAR, crop_pct=1.0),
+        # Checkpoints that ship no processor (DINO, MAE, DeiT, timm conversions) overwhelmingly use ImageNet
+        # statistics; Google's 0.5/0.5 checkpoints ship their own preprocessor_config.json, which wins.
+        processor=ProcessorDefaults(),
         legacy_renames=(
             (r"\.encoder\.layer\.", ".layers."),
             *_ATTENTION_RENAMES,
