@@ -26,8 +26,9 @@ class VisionLoraForImageClassification(PreTrainedModel):
     """Dispatch target of ``AutoModelForImageClassification`` for adapter folders.
 
     It is never instantiated: ``from_pretrained`` loads the backbone named in the folder's ``config.json``, applies
-    the adapter and returns the backbone's own classification model (LoRA layers unmerged), so pipelines and
-    downstream code see a regular ``ViTForImageClassification`` / ``CLIPForImageClassification`` / ...
+    the adapter and returns the backbone's own classification model with the LoRA weights merged in, so pipelines
+    and downstream code get a regular ``ViTForImageClassification`` / ... that runs at the base model's speed.
+    Use ``peft.PeftModel.from_pretrained`` or :func:`peft_vision_lora.load_model` to keep the adapter separate.
     """
 
     config_class = VisionLoraConfig
@@ -42,9 +43,8 @@ class VisionLoraForImageClassification(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         from .modeling import load_model  # modeling imports this module's registrations indirectly
 
-        model = load_model(pretrained_model_name_or_path)
+        classifier = load_model(pretrained_model_name_or_path, merge=True)
         dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
-        classifier = model.get_base_model()
         if dtype not in (None, "auto"):
             classifier.to(dtype)
         return classifier

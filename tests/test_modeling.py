@@ -116,6 +116,7 @@ def test_four_loaders_give_identical_logits(tiny_models, tmp_path, pixel_values,
     base = cls.from_pretrained(tiny_models[name], config=config, ignore_mismatched_sizes=True, key_mapping=key_mapping)
     stock_peft = PeftModel.from_pretrained(base, folder).eval()
     auto = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert type(auto) is cls and not any("lora_" in n for n, _ in auto.named_parameters())  # merged for inference
     ours = pvl.load_model(folder)
     for loaded in (stock_peft, auto, ours):
         assert (_logits(loaded, pixel_values) - reference).abs().max() <= 1e-5

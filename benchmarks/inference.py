@@ -1,0 +1,316 @@
+"""Inference throughput and serving memory: base, LoRA unmerged and merged, the pipeline, 4 adapters on 1 backbone.
+
+At batch 8, 224 px, on the shared ViT-S/14 (and ViT-B/16 geometry with random weights, ``--models vit-b16``):
+
+- images/s of the base classifier, the LoRA model unmerged (``load_model``) and merged (``load_model(merge=True)``);
+- ``pipeline("image-classification", model=<adapter folder>)`` on 8 PIL images end to end against a bare forward of
+  the same model on the same, already preprocessed, batch (both timed in one worker, interleaved);
+- peak memory of one ``MultiAdapterClassifier`` serving 4 adapters against 4 merged models in one process.
+
+Every configuration runs in its own subprocess, in A B A B order; see ``_harness``.
+
+    python benchmarks/inference.py                   # about 5 minutes on 2 cores
+    python benchmarks/inference.py --quick           # tiny random model: a smoke run
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    FLOWERS12,
+    SHARED_VIT,
+    alternate,
+    child_main,
+    common_parser,
+    current_rss_mb,
+    format_machine,
+    machine_info,
+    markdown_table,
+    per_run_median,
+    reset_peak_rss,
+    scalar_stat,
+    time_calls,
+    verdict,
+    write_json,
+)
+
+NUM_ADAPTERS = 4
+NUM_LABELS = 12
+TARGET_MERGED = 1.02
+TARGET_PIPELINE_OVERHEAD = 0.10
+FORWARD_VARIANTS = ("base", "lora-unmerged", "lora-merged")
+SERVING_VARIANTS = ("multi-adapter", "merged-models")
+
+
+# ------------------------------------------------------------------------------------------------------------ worker
+
+
+def load_images(count: int, size: int) -> list:
+    """``count`` real flower photos where ../shared has them, else random images, as RGB PIL images of ``size``."""
+    import numpy as np
+    from PIL import Image
+
+    # Every 20th test photo is one per class: a batch of different flowers.
+    paths = sorted((FLOWERS12 / "test").glob("*/*.jpg"))[::20][:count] if FLOWERS12.is_dir() else []
+    if len(paths) == count:
+        return [Image.open(path).convert("RGB").resize((size, size)) for path in paths]
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def forward_work(config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    import peft_vision_lora as pvl
+
+    variant = config["variant"]
+    if variant == "base":
+        model = AutoModelForImageClassification.from_pretrained(
+            config["model_path"], num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+        ).eval()
+    else:
+        model = pvl.load_model(config["adapters"][0], merge=variant == "lora-merged")
+    size = config["image_size"]
+    pixel_values = torch.randn(config["batch_size"], 3, size, size)
+    load_peak = reset_peak_rss()
+    with torch.inference_mode():
+        times = time_calls(lambda: model(pixel_values=pixel_values), config["warmup"], config["batches"])
+    return {"batch_s": times, "load_peak_rss_mb": load_peak, "setup_rss_mb": current_rss_mb()}
+
+
+def pipeline_work(config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import pipeline
+
+    import peft_vision_lora  # noqa: F401  registers the adapter folder format with transformers
+
+    classify = pipeline("image-classification", model=config["adapters"][0], device="cpu")
+    images = load_images(config["batch_size"], config["image_size"])
+    pixel_values = classify.image_processor(images, return_tensors="pt")["pixel_values"]
+    load_peak = reset_peak_rss()
+
+    def bare() -> None:
+        with torch.inference_mode():
+            classify.model(pixel_values=pixel_values)
+
+    def end_to_end() -> None:
+        classify(images, batch_size=config["batch_size"])
+
+    for fn in (bare, end_to_end):  # warmup
+        fn()
+    # Interleaved in one process, so both see the same machine load.
+    pipeline_s, bare_s = [], []
+    for _ in range(config["batches"]):
+        bare_s += time_calls(bare, 0, 1)
+        pipeline_s += time_calls(end_to_end, 0, 1)
+    return {"pipeline_s": pipeline_s, "bare_s": bare_s, "load_peak_rss_mb": load_peak}
+
+
+def serving_work(config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    import peft_vision_lora as pvl
+
+    names = [f"task{i}" for i in range(len(config["adapters"]))]
+    if config["variant"] == "multi-adapter":
+        server = pvl.MultiAdapterClassifier(config["model_path"])
+        for name, folder in zip(names, config["adapters"]):
+            server.add_adapter(name, folder)
+
+        def classify(name: str, pixel_values: torch.Tensor) -> torch.Tensor:
+            return server(pixel_values, adapter=name)
+    else:
+        models = {name: pvl.load_model(folder, merge=True) for name, folder in zip(names, config["adapters"])}
+
+        def classify(name: str, pixel_values: torch.Tensor) -> torch.Tensor:
+            return models[name](pixel_values=pixel_values).logits
+
+    size = config["image_size"]
+    pixel_values = torch.randn(config["batch_size"], 3, size, size)
+    setup_rss = current_rss_mb()
+    load_peak = reset_peak_rss()
+    times = []
+    with torch.inference_mode():
+        for _ in range(config["batches"]):
+            for name in names:  # round robin over tasks, as a multi-tenant server would see them
+                start = time.perf_counter()
+                classify(name, pixel_values)
+                times.append(time.perf_counter() - start)
+    return {"batch_s": times, "setup_rss_mb": setup_rss, "load_peak_rss_mb": load_peak}
+
+
+def work(config: dict[str, Any]) -> dict[str, Any]:
+    kind = config["kind"]
+    return {"forward": forward_work, "pipeline": pipeline_work, "serving": serving_work}[kind](config)
+
+
+# ------------------------------------------------------------------------------------------------------------ driver
+
+
+def make_adapters(base: str, folder: Path, count: int) -> list[str]:
+    """``count`` adapters with random (non-zero) LoRA weights and heads, so merging changes the weights."""
+    import torch
+
+    import peft_vision_lora as pvl
+
+    folders = []
+    for i in range(count):
+        torch.manual_seed(i)
+        model = pvl.build_model(base, [f"t{i}-class{j}" for j in range(NUM_LABELS)], init_lora_weights=False)
+        folders.append(str(pvl.save_pretrained(model, folder / f"adapter{i}")))
+    return folders
+
+
+def make_random_vit(folder: Path, quick: bool) -> str:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = (
+        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
+        if quick
+        else ViTConfig()
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+def main() -> None:
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=["vit-s14", "vit-b16"], default=["vit-s14"])
+    parser.add_argument("--batches", type=int, default=None, help="timed batches per worker")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    batches = args.batches or (2 if args.quick else 5)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    notes, configs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        bases = {}
+        if args.quick:
+            bases["tiny-vit"] = make_random_vit(Path(tmp) / "tiny-vit", quick=True)
+        else:
+            if "vit-s14" in args.models:
+                if (SHARED_VIT / "model.safetensors").is_file():
+                    bases["vit-s14"] = str(SHARED_VIT)
+                else:
+                    notes.append(f"ViT-S/14 skipped: {SHARED_VIT} not found (../shared is absent).")
+            if "vit-b16" in args.models:
+                bases["vit-b16"] = make_random_vit(Path(tmp) / "vit-b16", quick=False)
+        for model, path in bases.items():
+            common = {
+                "model": model,
+                "model_path": path,
+                "adapters": make_adapters(path, Path(tmp) / f"{model}-adapters", NUM_ADAPTERS),
+                "image_size": 32 if args.quick else 224,
+                "batch_size": args.batch_size,
+                "warmup": 1,
+                "batches": batches,
+                "threads": args.threads,
+            }
+            configs += [{"name": f"{model}/{v}", "kind": "forward", "variant": v} | common for v in FORWARD_VARIANTS]
+            configs.append({"name": f"{model}/pipeline", "kind": "pipeline", "variant": "pipeline"} | common)
+            configs += [{"name": f"{model}/{v}", "kind": "serving", "variant": v} | common for v in SERVING_VARIANTS]
+        results = alternate(Path(__file__), configs, repeats)
+
+    info = machine_info(args.threads)
+    rows, summary = summarize(configs, results)
+    print(format_machine(info))
+    print(
+        f"Batch {args.batch_size}, {configs[0]['image_size'] if configs else '-'} px, torch.inference_mode; "
+        f"{repeats} worker(s) per configuration x {batches} timed batches after warmup; median (min–max).\n"
+    )
+    print(
+        markdown_table(
+            ["model", "configuration", "s / batch", "images/s", "peak RSS MiB (serving)", "RSS after load MiB"],
+            [
+                [r["model"], r["variant"], r["time_text"], f"{r['images_per_s']:.1f}", r["peak_text"], r["setup_text"]]
+                for r in rows
+            ],
+        )
+    )
+    print()
+    print(markdown_table(["model", "ratio", "value"], [[s["model"], s["ratio"], s["text"]] for s in summary]))
+    for note in notes:
+        print(f"\nNote: {note}")
+    write_json(
+        args.json,
+        {"benchmark": "inference", "machine": info, "rows": rows, "ratios": summary, "notes": notes, "runs": results},
+    )
+
+
+def ratio(model: str, name: str, value: float, best: float | None = None, target: float | None = None) -> dict:
+    """One summary line; ``best`` is the ratio of the fastest samples, ``met`` judges the median."""
+    if target is None:
+        text = f"{value:.2f}x" if best is None else f"median {value:.2f}x, best {best:.2f}x"
+    else:
+        text = verdict(value, best, target, percent="overhead" in name)
+    met = None if target is None else value <= target
+    best_met = None if target is None else best <= target
+    return {"model": model, "ratio": name, "value": value, "best": best, "target": target, "met": met,
+            "best_met": best_met, "text": text}  # fmt: skip
+
+
+def summarize(
+    configs: list[dict[str, Any]], results: dict[str, list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Table rows per configuration and the ratios the issue sets targets for."""
+    rows, times = [], {}
+    for config in configs:
+        runs = results[config["name"]]
+        batch = config["batch_size"]
+        if config["kind"] == "pipeline":
+            measured = {
+                "pipeline": per_run_median(runs, "pipeline_s"),
+                "bare forward (pipeline's model)": per_run_median(runs, "bare_s"),
+            }
+            # The per-worker ratio cancels machine-load drift between workers better than a ratio of medians.
+            overheads = [statistics.median(r["pipeline_s"]) / statistics.median(r["bare_s"]) - 1 for r in runs]
+            best = min(min(r["pipeline_s"]) for r in runs) / min(min(r["bare_s"]) for r in runs) - 1
+            times[(config["model"], "pipeline-overhead")] = (statistics.median(overheads), best)
+        else:
+            measured = {config["variant"]: per_run_median(runs, "batch_s")}
+        peak = scalar_stat(runs, "peak_rss_mb")
+        setup = scalar_stat(runs, "setup_rss_mb") if "setup_rss_mb" in runs[0] else None
+        for variant, stat in measured.items():
+            times[(config["model"], variant)] = stat
+            rows.append(
+                {
+                    "model": config["model"],
+                    "variant": variant,
+                    "batch_s": stat.as_dict(),
+                    "images_per_s": batch / stat.median,
+                    "peak_rss_mb": peak.as_dict(),
+                    "setup_rss_mb": setup.as_dict() if setup else None,
+                    "time_text": stat.format(),
+                    "peak_text": peak.format(0),
+                    "setup_text": setup.format(0) if setup else "-",
+                }
+            )
+    summary = []
+    for model in dict.fromkeys(c["model"] for c in configs):
+        base = times[(model, "base")]
+        merged, unmerged = times[(model, "lora-merged")], times[(model, "lora-unmerged")]
+        overhead, overhead_best = times[(model, "pipeline-overhead")]
+        memory = {r["variant"]: r for r in rows if r["model"] == model}
+        serving = memory["multi-adapter"]["peak_rss_mb"]["median"] / memory["merged-models"]["peak_rss_mb"]["median"]
+        summary += [
+            ratio(model, "merged / base time", merged.median / base.median, merged.min / base.min, TARGET_MERGED),
+            ratio(model, "unmerged / base time", unmerged.median / base.median, unmerged.min / base.min),
+            ratio(model, "pipeline overhead over bare forward", overhead, overhead_best, TARGET_PIPELINE_OVERHEAD),
+            ratio(model, f"{NUM_ADAPTERS} adapters on 1 backbone / {NUM_ADAPTERS} merged models, peak RSS", serving),
+        ]
+    return rows, summary
+
+
+if __name__ == "__main__" and not child_main(work):
+    main()

@@ -1,0 +1,309 @@
+"""Time and peak memory of one optimizer step: LoRA vs full fine-tuning vs linear probe.
+
+One step is forward, backward and an AdamW step at batch 8, 224 px, on ViT-B/16 geometry (random init, no download)
+and the shared ViT-S/14, each with and without gradient checkpointing and in fp32 or bf16 CPU autocast (weights and
+optimizer stay fp32). Every configuration runs in its own subprocess, in A B A B order; see ``_harness``.
+
+    python benchmarks/train_step.py                  # the full table (about 10 minutes on 2 cores)
+    python benchmarks/train_step.py --quick          # tiny random model: a smoke run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    SHARED_VIT,
+    alternate,
+    child_main,
+    common_parser,
+    current_rss_mb,
+    format_machine,
+    machine_info,
+    markdown_table,
+    per_run_median,
+    reset_peak_rss,
+    scalar_stat,
+    time_calls,
+    verdict,
+    write_json,
+)
+
+METHODS = ("lora", "full", "probe")
+NUM_LABELS = 10
+TARGET_TIME = 0.70
+TARGET_MEMORY = 0.75
+TARGET_MEMORY_CHECKPOINTING = 0.45
+
+
+# ------------------------------------------------------------------------------------------------------------ worker
+
+
+def build(config: dict[str, Any]):
+    """(model, trainable parameters, loss function of (pixel_values, labels)) for one configuration."""
+    import torch
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    import peft_vision_lora as pvl
+
+    hf_logging.set_verbosity_error()  # the fresh head is reported as missing by design
+    method, path = config["method"], config["model_path"]
+    if method == "lora":
+        model = pvl.build_model(path, [f"class{i}" for i in range(NUM_LABELS)], preset="qkv", r=8)
+        classifier = model.get_base_model()
+    else:
+        model = classifier = AutoModelForImageClassification.from_pretrained(
+            path, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+        )
+    model.train()
+    if config["checkpointing"]:
+        classifier.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if method == "lora":
+            # The patch embedding is frozen: without this the checkpointed blocks would see inputs that need no
+            # grad. Non-reentrant checkpointing does not need it, but a user copying the recipe with the
+            # reentrant variant would silently train nothing.
+            classifier.enable_input_require_grads()
+
+    if method == "probe":
+        # A linear probe never back-propagates into the backbone: run it without autograd bookkeeping.
+        for param in classifier.parameters():
+            param.requires_grad_(False)
+        head = classifier.classifier
+        head.requires_grad_(True)
+        backbone = classifier.base_model
+
+        def loss_fn(pixel_values, labels):
+            with torch.no_grad():
+                features = backbone(pixel_values=pixel_values).last_hidden_state[:, 0]
+            return torch.nn.functional.cross_entropy(head(features.float()), labels)
+    else:
+
+        def loss_fn(pixel_values, labels):
+            return model(pixel_values=pixel_values, labels=labels).loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params, loss_fn
+
+
+def work(config: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(0)
+    baseline_rss = current_rss_mb()
+    model, params, loss_fn = build(config)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    size, batch = config["image_size"], config["batch_size"]
+    pixel_values = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, NUM_LABELS, (batch,))
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if config["precision"] == "bf16" else contextlib.nullcontext()
+    )
+    setup_rss = current_rss_mb()
+    load_peak = reset_peak_rss()
+
+    def step() -> None:
+        with autocast:
+            loss = loss_fn(pixel_values, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # One untimed, checked step first (it also warms up the allocator): every trainable parameter must receive a
+    # gradient, or the timing means nothing.
+    with autocast:
+        loss = loss_fn(pixel_values, labels)
+    loss.backward()
+    without_grad = [i for i, p in enumerate(params) if p.grad is None]
+    if without_grad:
+        raise RuntimeError(f"{config['name']}: {len(without_grad)} of {len(params)} trainable tensors got no gradient.")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    times = time_calls(step, config["warmup"], config["steps"])
+    return {
+        "step_s": times,
+        "trainable_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "baseline_rss_mb": baseline_rss,
+        "setup_rss_mb": setup_rss,
+        "load_peak_rss_mb": load_peak,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------ driver
+
+
+def make_random_vit(folder: Path, quick: bool) -> Path:
+    """A ViT-B/16 (or, for --quick, a tiny ViT) with random weights, saved so every worker loads the same one."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = (
+        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
+        if quick
+        else ViTConfig()
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=["vit-b16", "vit-s14"], default=["vit-b16", "vit-s14"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per worker")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 2)
+    steps = args.steps or (2 if args.quick else 3)
+
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        if "vit-b16" in args.models:
+            # --quick swaps in a tiny ViT under its own name, so its rows cannot be mistaken for ViT-B/16 figures.
+            paths["tiny-vit" if args.quick else "vit-b16"] = make_random_vit(Path(tmp) / "vit", args.quick)
+        if "vit-s14" in args.models:
+            if args.quick:
+                notes.append("--quick: the shared ViT-S/14 is skipped.")
+            elif (SHARED_VIT / "model.safetensors").is_file():
+                paths["vit-s14"] = str(SHARED_VIT)
+            else:
+                notes.append(f"ViT-S/14 skipped: {SHARED_VIT} not found (../shared is absent).")
+        configs = []
+        for model, method, checkpointing, precision in itertools.product(
+            paths, args.methods, args.checkpointing, args.precisions
+        ):
+            if method == "probe" and checkpointing == "on":
+                continue  # the probe stores no backbone activations: nothing to checkpoint
+            configs.append(
+                {
+                    "name": f"{model}/{method}/gc-{checkpointing}/{precision}",
+                    "model": model,
+                    "model_path": str(paths[model]),
+                    "method": method,
+                    "checkpointing": checkpointing == "on",
+                    "precision": precision,
+                    "image_size": 32 if args.quick else 224,
+                    "batch_size": args.batch_size,
+                    "warmup": 0,  # the first, checked step is the warmup
+                    "steps": steps,
+                    "threads": args.threads,
+                }
+            )
+        results = alternate(Path(__file__), configs, repeats)
+
+    rows, table = [], []
+    for config in configs:
+        runs = results[config["name"]]
+        time_stat, peak_stat = per_run_median(runs, "step_s"), scalar_stat(runs, "peak_rss_mb")
+        row = {key: config[key] for key in ("name", "model", "method", "checkpointing", "precision", "batch_size")} | {
+            "step_s": time_stat.as_dict(),
+            "peak_rss_mb": peak_stat.as_dict(),
+            "load_peak_rss_mb": scalar_stat(runs, "load_peak_rss_mb").as_dict(),
+            "baseline_rss_mb": scalar_stat(runs, "baseline_rss_mb").as_dict(),
+            "trainable_params": runs[0]["trainable_params"],
+            "total_params": runs[0]["total_params"],
+        }
+        rows.append(row)
+        table.append(
+            [
+                config["model"],
+                config["method"],
+                "on" if config["checkpointing"] else "off",
+                config["precision"],
+                f"{millions(row['trainable_params'])} / {millions(row['total_params'])}",
+                time_stat.format(),
+                f"{config['batch_size'] / time_stat.median:.1f}",
+                peak_stat.format(0),
+                f"{row['baseline_rss_mb']['median']:.0f}",
+            ]
+        )
+
+    ratios = compute_ratios(rows)
+    info = machine_info(args.threads)
+    print(format_machine(info))
+    print(
+        f"Batch {args.batch_size}, {configs[0]['image_size'] if configs else '-'} px, AdamW (fused); "
+        f"{repeats} worker(s) per configuration x {steps} timed steps after one untimed step; median (min–max).\n"
+    )
+    print(
+        markdown_table(
+            [
+                "model",
+                "method",
+                "grad ckpt",
+                "precision",
+                "trainable / total",
+                "step s",
+                "img/s",
+                "peak RSS MiB",
+                "RSS after import MiB",
+            ],
+            table,
+        )
+    )
+    print()
+    print(
+        markdown_table(
+            ["model", "grad ckpt", "precision", "LoRA/full time", "LoRA/full peak RSS", "probe/full time"],
+            [
+                [r["model"], r["checkpointing"], r["precision"], r["time_text"], r["memory_text"], r["probe_text"]]
+                for r in ratios
+            ],
+        )
+    )
+    for note in notes:
+        print(f"\nNote: {note}")
+    payload = {"benchmark": "train_step", "machine": info, "rows": rows, "ratios": ratios, "notes": notes}
+    write_json(args.json, payload | {"runs": results})
+
+
+def millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e4 else str(count)
+
+
+def compute_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LoRA/full and probe/full per (model, checkpointing, precision), with the issue's targets."""
+    by_key = {(r["model"], r["method"], r["checkpointing"], r["precision"]): r for r in rows}
+    ratios = []
+    for (model, method, checkpointing, precision), full in by_key.items():
+        if method != "full" or (model, "lora", checkpointing, precision) not in by_key:
+            continue
+        lora = by_key[(model, "lora", checkpointing, precision)]
+        probe = by_key.get((model, "probe", False, precision))
+        time_ratio = lora["step_s"]["median"] / full["step_s"]["median"]
+        time_best = lora["step_s"]["min"] / full["step_s"]["min"]
+        memory_ratio = lora["peak_rss_mb"]["median"] / full["peak_rss_mb"]["median"]
+        memory_best = lora["peak_rss_mb"]["min"] / full["peak_rss_mb"]["min"]
+        memory_target = TARGET_MEMORY_CHECKPOINTING if checkpointing else TARGET_MEMORY
+        ratio = {
+            "model": model,
+            "checkpointing": "on" if checkpointing else "off",
+            "precision": precision,
+            "lora_full_time": time_ratio,
+            "lora_full_time_best": time_best,
+            "lora_full_peak_rss": memory_ratio,
+            "lora_full_peak_rss_best": memory_best,
+            "time_target": TARGET_TIME,
+            "memory_target": memory_target,
+            "time_met": time_ratio <= TARGET_TIME,
+            "memory_met": memory_ratio <= memory_target,
+            "probe_full_time": probe["step_s"]["median"] / full["step_s"]["median"] if probe else None,
+        }
+        ratio["time_text"] = verdict(time_ratio, time_best, TARGET_TIME)
+        ratio["memory_text"] = verdict(memory_ratio, memory_best, memory_target)
+        ratio["probe_text"] = f"{ratio['probe_full_time']:.2f}x" if probe else "-"
+        ratios.append(ratio)
+    return ratios
+
+
+if __name__ == "__main__" and not child_main(work):
+    main()

@@ -1,0 +1,86 @@
+"""The benchmarks run from a clean checkout (``--quick``: tiny random ViT) and print parseable tables and ratios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, tmp_path: Path, *args: str) -> tuple[str, dict]:
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def table_rows(stdout: str, first_header: str) -> list[list[str]]:
+    """The body rows of the markdown table whose first column is ``first_header``, split into cells."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.slow
+def test_train_step_quick(tmp_path):
+    stdout, result = run_benchmark(
+        "train_step.py", tmp_path, "--methods", "lora", "full", "--checkpointing", "on", "--precisions", "bf16"
+    )
+    assert "Machine:" in stdout and "torch" in result["machine"] and result["machine"]["cores"] >= 1
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"lora", "full"}
+    # LoRA trains a small fraction of the parameters that full fine-tuning trains, on the same backbone.
+    assert rows["lora"]["trainable_params"] < rows["full"]["trainable_params"] == rows["full"]["total_params"]
+    for row in rows.values():
+        assert row["checkpointing"] and row["precision"] == "bf16"
+        assert 0 < row["step_s"]["min"] <= row["step_s"]["median"] <= row["step_s"]["max"]
+        assert row["peak_rss_mb"]["median"] > row["baseline_rss_mb"]["median"] > 0
+    (ratio,) = result["ratios"]
+    assert ratio["lora_full_time"] == pytest.approx(rows["lora"]["step_s"]["median"] / rows["full"]["step_s"]["median"])
+    assert ratio["memory_target"] == 0.45 and isinstance(ratio["memory_met"], bool)
+    printed = table_rows(stdout, "model")
+    assert [row[1] for row in printed] == ["lora", "full"]
+    assert float(printed[0][5].split()[0]) == pytest.approx(rows["lora"]["step_s"]["median"], abs=1e-3)
+    assert "LoRA/full time" in stdout and f"median {ratio['lora_full_time']:.2f}x" in stdout
+
+
+@pytest.mark.slow
+def test_inference_quick(tmp_path):
+    stdout, result = run_benchmark("inference.py", tmp_path, "--repeats", "1")
+    variants = {row["variant"]: row for row in result["rows"]}
+    assert set(variants) == {
+        "base",
+        "lora-unmerged",
+        "lora-merged",
+        "pipeline",
+        "bare forward (pipeline's model)",
+        "multi-adapter",
+        "merged-models",
+    }
+    assert all(row["images_per_s"] > 0 for row in variants.values())
+    ratios = {r["ratio"]: r for r in result["ratios"]}
+    merged = ratios["merged / base time"]
+    assert merged["value"] == pytest.approx(
+        variants["lora-merged"]["batch_s"]["median"] / variants["base"]["batch_s"]["median"]
+    )
+    assert merged["target"] == 1.02 and isinstance(merged["met"], bool)
+    # The pipeline does everything the bare forward does plus preprocessing: it cannot be much faster.
+    assert ratios["pipeline overhead over bare forward"]["value"] > -0.5
+    assert "4 adapters on 1 backbone / 4 merged models, peak RSS" in ratios
+    printed = {row[1]: row for row in table_rows(stdout, "model") if len(row) == 6}
+    assert float(printed["lora-merged"][3]) == pytest.approx(variants["lora-merged"]["images_per_s"], rel=1e-2)
