@@ -1,0 +1,450 @@
+"""The one training loop, behind ``peft-vision-lora train``, ``examples/train.py`` and :func:`peft_vision_lora.train`.
+
+Accelerate runs it on one CPU, one GPU or many processes. Each optimizer step consumes one global batch, split
+across processes, so results do not depend on how many processes share the work; checkpoints restore the exact
+position in the data, the optimizer, the schedule and all RNG states.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
+
+from ..data import ImageTransforms, MixupCutmix, load_image_dataset
+from ..processing import load_image_processor
+from .arguments import (
+    DEFAULT_LEARNING_RATES,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    args_from_options,
+    to_command,
+)
+from .checkpointing import (
+    TrainerState,
+    best_model_path,
+    load_checkpoint,
+    load_trainable_state_dict,
+    resolve_checkpoint,
+    save_best,
+    save_checkpoint,
+)
+from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
+from .evaluation import evaluate_model
+from .hub import push_to_hub
+from .model import build_classifier, enable_gradient_checkpointing, forward_kwargs
+from .optim import build_optimizer, build_scheduler, warmup_steps
+from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
+
+logger = get_logger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/inf; the run stopped before applying that update."""
+
+
+def train(
+    model_args: ModelArguments | None = None,
+    data_args: DataArguments | None = None,
+    training_args: TrainingArguments | None = None,
+    *,
+    dataset: str | Dataset | DatasetDict | None = None,
+    command: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate and save a classifier; returns the contents of ``metrics.json``.
+
+    Pass the three argument dataclasses (as :func:`parse_args` returns them), or the same options by name::
+
+        train(dataset="flowers/", output_dir="runs/flowers-lora", num_train_epochs=3, image_size=112)
+
+    ``dataset`` may also be a ``Dataset``/``DatasetDict`` with image and label columns, used instead of
+    ``data_args.dataset``. ``command`` goes into the model card; by default the equivalent ``peft-vision-lora train``
+    command.
+    """
+    given = [a for a in (model_args, data_args, training_args) if a is not None]
+    if not given:
+        if isinstance(dataset, (str, os.PathLike)):
+            options, dataset = {**options, "dataset": os.fspath(dataset)}, None
+        model_args, data_args, training_args = args_from_options(options)
+    elif len(given) != 3 or options:
+        raise TypeError("Pass either all three argument dataclasses or options by name, not a mix of both.")
+    return Trainer(model_args, data_args, training_args, dataset=dataset, command=command).train()
+
+
+class Trainer:
+    """One run: everything is built (and checked) in the constructor, :meth:`train` does the rest."""
+
+    def __init__(
+        self,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: TrainingArguments,
+        *,
+        dataset: Dataset | DatasetDict | None = None,
+        command: str | None = None,
+    ) -> None:
+        self.model_args, self.data_args, self.args = model_args, data_args, training_args
+        self.output_dir = Path(training_args.output_dir)
+        self.command = command or to_command(model_args, data_args, training_args)
+        self.accelerator = Accelerator(
+            mixed_precision=training_args.mixed_precision,
+            gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+            # The dataloader yields global batches and each process takes its slice: every step sees the same
+            # samples for any number of processes, and so the result is the same (up to float reduction order).
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            log_with=None if training_args.report_to == "none" else training_args.report_to,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")
+            ),
+        )
+        set_seed(training_args.seed)
+        self._load_data(dataset)
+        # Everything that can be refused is checked before the output folder is touched.
+        self.resume = (
+            resolve_checkpoint(self.output_dir, training_args.resume_from_checkpoint)
+            if training_args.resume_from_checkpoint
+            else None
+        )
+        if self.resume is not None:
+            check_same_classes(self.labels, TrainerState.load(self.resume).labels, self.resume)
+        prepare_output_dir(
+            self.accelerator,
+            self.output_dir,
+            resuming=self.resume is not None,
+            overwrite=training_args.overwrite_output_dir,
+        )
+        self._build_model()
+        self._build_dataloaders()
+        self._build_optimization()
+        self.model, self.optimizer, self.train_loader, *loaders = self.accelerator.prepare(
+            self.model, self.optimizer, self.train_data.loader, *self.eval_loaders.values()
+        )
+        self.eval_loaders = dict(zip(self.eval_loaders, loaders))
+        self.state = TrainerState(labels=self.labels, batches_per_epoch=self.batches_per_epoch)
+        self.last_checkpoint = self.resume
+        self.eval_metrics: dict[str, Any] | None = None  # of the latest evaluation, at step eval_step
+        self.eval_step = -1
+
+    # ------------------------------------------------------------------------------------------------------ setup
+
+    def _load_data(self, dataset: Dataset | DatasetDict | None) -> None:
+        source = dataset if dataset is not None else self.data_args.dataset
+        if source is None:
+            raise ValueError("No training data: pass --dataset (a folder, a file or a Hub dataset id).")
+        # Named in the model card and metrics; an in-memory dataset has no name to record.
+        self.dataset_id = self.data_args.dataset if dataset is None else None
+        self.source_name = self.dataset_id or f"in-memory {type(dataset).__name__}"
+        self.data = load_image_dataset(
+            source,
+            format=self.data_args.dataset_format,
+            val_fraction=self.data_args.val_fraction,
+            shots=self.data_args.shots,
+            seed=self.args.seed,
+            on_bad_image=self.data_args.on_bad_image,
+        )
+        self.labels = class_names(self.data, self.source_name)
+
+    def _build_model(self) -> None:
+        with self.accelerator.main_process_first():  # the default backbone is converted once, by the first process
+            if self.model_args.model:
+                self.base = self.model_args.model
+            else:
+                from ..offline.backbone import default_model_path
+
+                self.base = default_model_path()
+        self.model = build_classifier(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
+        if self.args.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
+        self.processor = load_image_processor(
+            self.base, image_size=self.data_args.image_size, normalization=self.model_args.normalization
+        )
+
+    def _build_dataloaders(self) -> None:
+        args, n = self.args, self.accelerator.num_processes
+        train_tf = ImageTransforms.from_processor(
+            self.processor, train=True, **self.data_args.transform_options(args.seed)
+        )
+        eval_tf = ImageTransforms.from_processor(self.processor, train=False)
+        self.forward_kwargs = forward_kwargs(self.model, train_tf.preprocessing.size[0])
+        self.mixup = None
+        if self.data_args.mixup_alpha > 0 or self.data_args.cutmix_alpha > 0:
+            self.mixup = MixupCutmix(
+                len(self.labels),
+                self.data_args.mixup_alpha,
+                self.data_args.cutmix_alpha,
+                label_smoothing=args.label_smoothing,
+                seed=args.seed,
+            )
+        self.train_data = train_dataloader(
+            self.data,
+            train_tf,
+            global_batch_size=args.per_device_train_batch_size * n,
+            seed=args.seed,
+            num_workers=args.dataloader_num_workers,
+            mixup=self.mixup,
+        )
+        # A validation split evaluates during training and selects the best weights; without one the test split is
+        # only watched, never used to select (that would leak it into the reported result).
+        splits = [s for s in ("validation", "test") if s in self.data]
+        self.eval_split = splits[0] if splits and args.eval_strategy != "no" else None
+        self.test_split = "test" if "test" in self.data and self.eval_split != "test" else None
+        self.eval_loaders = {
+            split: eval_dataloader(
+                self.data[split],
+                eval_tf,
+                global_batch_size=args.per_device_eval_batch_size * n,
+                num_workers=args.dataloader_num_workers,
+            )
+            for split in (self.eval_split, self.test_split)
+            if split
+        }
+
+    def _build_optimization(self) -> None:
+        args = self.args
+        self.batches_per_epoch = len(self.train_data.loader)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        epochs_steps = math.ceil(args.num_train_epochs * self.steps_per_epoch)
+        self.total_steps = args.max_steps if args.max_steps > 0 else epochs_steps
+        self.optimizer = build_optimizer(
+            self.model,
+            learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[self.model_args.method],
+            weight_decay=args.weight_decay,
+            head_lr=args.head_lr,
+        )
+        warmup = warmup_steps(self.total_steps, warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps)
+        self.scheduler = build_scheduler(
+            self.optimizer, args.lr_scheduler_type, total_steps=self.total_steps, num_warmup_steps=warmup
+        )
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step, over all processes."""
+        args = self.args
+        return args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+
+    # ------------------------------------------------------------------------------------------------------- run
+
+    def train(self) -> dict[str, Any]:
+        if self.resume is not None:
+            self.state = load_checkpoint(
+                self.accelerator, self.resume, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
+            if self.state.batches_per_epoch != self.batches_per_epoch:
+                raise ValueError(
+                    f"{self.resume} was written with {self.state.batches_per_epoch} batches per epoch, this run has "
+                    f"{self.batches_per_epoch}: resume with the same data and global batch size."
+                )
+        self._start_logging()
+        started = time.perf_counter()
+        self._fit()
+        runtime = time.perf_counter() - started
+        results = self._final_results(runtime)
+        if self.accelerator.is_main_process:
+            self._write_outputs(results)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return results
+
+    def _fit(self) -> None:
+        args, state, accelerator = self.args, self.state, self.accelerator
+        progress = tqdm(
+            total=self.total_steps,
+            initial=state.global_step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=args.disable_tqdm or not accelerator.is_local_main_process,
+        )
+        self._loss_sum, self._loss_count = torch.zeros((), device=accelerator.device), 0
+        self.model.train()
+        while state.global_step < self.total_steps:
+            self.train_data.set_epoch(state.epoch)
+            self.train_loader.set_epoch(state.epoch)
+            loader = self.train_loader
+            if state.batches_in_epoch:  # resuming mid-epoch: the same order, minus what was already trained on
+                loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
+            for batch in loader:
+                grad_norm = self._training_step(batch)
+                state.batches_in_epoch += 1
+                if grad_norm is None:  # accumulating: no optimizer step yet
+                    continue
+                self.scheduler.step()
+                state.global_step += 1
+                progress.update(1)
+                epoch_done = state.batches_in_epoch == self.batches_per_epoch
+                if epoch_done:
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                self._after_step(grad_norm, epoch_done, progress)
+                if state.global_step >= self.total_steps:
+                    break
+        progress.close()
+
+    def _training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Forward and backward one batch; returns the gradient norm when it completed an optimizer step."""
+        args, accelerator, grad_norm = self.args, self.accelerator, None
+        with accelerator.accumulate(self.model):
+            logits = self.model(pixel_values=batch["pixel_values"], **self.forward_kwargs).logits
+            # With Mixup/CutMix the labels are soft targets that already carry the label smoothing.
+            smoothing = 0.0 if self.mixup else args.label_smoothing
+            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self._stop_message(f"Training loss is {loss.item()}"))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+                # Under fp16 the grad scaler skips steps with inf gradients by design.
+                if not args.fp16 and not torch.isfinite(grad_norm):
+                    raise NonFiniteLossError(self._stop_message(f"Gradient norm is {grad_norm.item()}"))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._loss_sum += loss.detach()
+        self._loss_count += 1
+        return grad_norm
+
+    def _after_step(self, grad_norm: torch.Tensor, epoch_done: bool, progress: tqdm) -> None:
+        args, step = self.args, self.state.global_step
+        last = step >= self.total_steps
+        if step % args.logging_steps == 0 or last:
+            loss = self.accelerator.reduce(self._loss_sum / self._loss_count, reduction="mean").item()
+            self._loss_sum, self._loss_count = torch.zeros_like(self._loss_sum), 0
+            self._record(
+                {"loss": loss, "learning_rate": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm.item()}
+            )
+            progress.set_postfix(loss=f"{loss:.4f}")
+        if self.eval_split and (_due(args.eval_strategy, args.eval_steps, step, epoch_done) or last):
+            self._validate()
+        if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
+            self.last_checkpoint = save_checkpoint(
+                self.accelerator,
+                self.output_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=self.state,
+                total_limit=args.save_total_limit,
+            )
+
+    def _stop_message(self, what: str) -> str:
+        where = f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch}); stopped without applying it."
+        advice = "lower --learning_rate" + (" or use --bf16 instead of --fp16" if self.args.fp16 else "")
+        if self.last_checkpoint is None:
+            return f"{where} No checkpoint yet: {advice}."
+        return (
+            f"{where} The last good checkpoint is {self.last_checkpoint}: {advice} and continue with "
+            "--resume_from_checkpoint latest."
+        )
+
+    # ------------------------------------------------------------------------------------------------ evaluation
+
+    def _record(self, metrics: dict[str, Any]) -> None:
+        """Append one entry to the log (train_log.jsonl, trackers, and the state that checkpoints carry)."""
+        step = self.state.global_step
+        entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **metrics}
+        self.state.log_history.append(entry)
+        self.accelerator.log(metrics, step=step)
+        if self.accelerator.is_main_process:
+            append_log(self.output_dir / LOG_FILE, entry)
+
+    def _start_logging(self) -> None:
+        if self.accelerator.is_main_process:  # the log restarts at the checkpoint: the steps after it are replayed
+            write_log(self.output_dir / LOG_FILE, self.state.log_history)
+        if self.args.report_to != "none":
+            options = (vars(a).items() for a in (self.model_args, self.data_args, self.args))
+            config = {k: v for items in options for k, v in items if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers("peft_vision_lora", config=config)
+        logger.info(
+            "Training %s (%s) on %d images of %d classes: %d steps of %d images on %d process(es).",
+            self.base,
+            self.model_args.method,
+            len(self.data["train"]),
+            len(self.labels),
+            self.total_steps,
+            self.global_batch_size,
+            self.accelerator.num_processes,
+            main_process_only=True,
+        )
+
+    def _evaluate(self, split: str) -> dict[str, Any]:
+        return evaluate_model(self.model, self.eval_loaders[split], self.accelerator, self.labels, self.forward_kwargs)
+
+    def _validate(self) -> None:
+        """Evaluate on the eval split, log it, and keep the weights if they are the best so far (validation only)."""
+        state, metrics = self.state, self._evaluate(self.eval_split)
+        self.eval_metrics, self.eval_step = metrics, state.global_step
+        self._record({f"eval_{k}": metrics[k] for k in HEADLINE_METRICS if k in metrics})
+        score = (metrics["top1_accuracy"], -metrics["loss"])  # top-1 first, the loss breaks ties
+        if self.eval_split == "validation" and (
+            state.best_metric is None or score > (state.best_metric, -state.best_loss)
+        ):
+            state.best_metric, state.best_loss = metrics["top1_accuracy"], metrics["loss"]
+            state.best_step = state.global_step
+            if self.accelerator.is_main_process:
+                save_best(
+                    self.output_dir,
+                    self.accelerator.unwrap_model(self.model),
+                    step=state.global_step,
+                    metric=state.best_metric,
+                )
+
+    def _final_results(self, runtime: float) -> dict[str, Any]:
+        """Metrics of the final model: the best validated weights if there is a validation split, else the last."""
+        state, accelerator = self.state, self.accelerator
+        if self.eval_split and self.eval_step != state.global_step:
+            self._validate()  # a resumed run that had nothing left to train
+        accelerator.wait_for_everyone()  # best_model.safetensors is written by the main process
+        if state.best_step is not None and state.best_step != state.global_step:
+            load_trainable_state_dict(accelerator.unwrap_model(self.model), best_model_path(self.output_dir))
+            self.eval_metrics = self._evaluate(self.eval_split)
+        results = {
+            "method": self.model_args.method,
+            "model": self.base,
+            "dataset": self.source_name,
+            "labels": self.labels,
+            "num_processes": accelerator.num_processes,
+            "global_train_batch_size": self.global_batch_size,
+            "total_steps": self.total_steps,
+            "best_step": state.best_step if state.best_step is not None else state.global_step,
+            "train": {
+                "loss": next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None),
+                "runtime_s": round(runtime, 2),
+            },
+        }
+        # "eval" is always the validation split; without one, the split watched during training was the test split.
+        if self.eval_split == "validation":
+            results["eval"] = self.eval_metrics
+        if "test" in self.data:
+            results["test"] = self.eval_metrics if self.eval_split == "test" else self._evaluate("test")
+        return results
+
+    def _write_outputs(self, results: dict[str, Any]) -> None:
+        """The run folder (main process only), then the Hub."""
+        write_run_folder(
+            self.output_dir,
+            self.accelerator.unwrap_model(self.model),
+            self.processor,
+            results,
+            self.state.log_history,
+            command=self.command,
+            dataset=self.dataset_id,
+        )
+        if self.args.push_to_hub:
+            message = f"Train {self.model_args.method} on {self.source_name} with peft_vision_lora"
+            url = push_to_hub(
+                self.output_dir, self.args.hub_model_id, private=self.args.hub_private, commit_message=message
+            )
+            logger.info("Pushed %s to %s", self.output_dir, url, main_process_only=True)
+
+
+def _due(strategy: str, every: int | None, step: int, epoch_done: bool) -> bool:
+    return (strategy == "steps" and step % every == 0) or (strategy == "epoch" and epoch_done)

@@ -1,0 +1,158 @@
+"""What a run leaves in its output folder: the model folder, ``metrics.json``, ``train_log.jsonl`` and two plots.
+
+For LoRA the model folder is the portable adapter folder of :func:`peft_vision_lora.modeling.save_pretrained`; full
+fine-tuning and linear probing write a plain transformers model folder. Checkpoints live next to them in
+``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from accelerate import Accelerator
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.image_processing_utils import BaseImageProcessor
+
+from ..modeling import save_pretrained
+from .checkpointing import checkpoint_root, list_checkpoints
+from .plots import plot_confusion_matrix, plot_training_curves
+
+LOG_FILE = "train_log.jsonl"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "training_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+# The metrics of each split that go into the model card's results table (and the training log).
+HEADLINE_METRICS = ("top1_accuracy", "top5_accuracy", "loss")
+
+
+def prepare_output_dir(accelerator: Accelerator, output_dir: Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; clear it with ``overwrite``; drop leftovers of killed saves."""
+    # Every process checks (the folder is shared), so a refusal stops them all rather than leaving some waiting.
+    if not resuming and not overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        hint = " or --resume_from_checkpoint latest to continue it" if list_checkpoints(output_dir) else ""
+        raise FileExistsError(
+            f"Output directory {output_dir} already exists and is not empty. Pass --overwrite_output_dir to "
+            f"replace it{hint}."
+        )
+    if accelerator.is_main_process:
+        if overwrite and not resuming:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoint_root(output_dir).glob(".*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink()
+    accelerator.wait_for_everyone()
+
+
+def write_log(path: Path, entries: Sequence[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+
+
+def append_log(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def headline_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """``eval_top1_accuracy``, ``test_loss``, ...: the scalars of the model card's results table."""
+    return {
+        f"{split}_{name}": results[split][name]
+        for split in ("eval", "test")
+        if split in results
+        for name in HEADLINE_METRICS
+        if name in results[split]
+    }
+
+
+def write_run_folder(
+    output_dir: Path,
+    model: nn.Module,
+    image_processor: BaseImageProcessor,
+    results: dict[str, Any],
+    log_history: Sequence[dict[str, Any]],
+    *,
+    command: str | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Write the model folder, metrics, log and plots into ``output_dir`` (main process only)."""
+    metrics = headline_metrics(results)
+    save_model_folder(
+        model, output_dir, image_processor, method=results["method"], metrics=metrics, command=command, dataset=dataset
+    )
+    tmp = output_dir / f".{METRICS_FILE}.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, output_dir / METRICS_FILE)
+    write_log(output_dir / LOG_FILE, log_history)
+    plot_training_curves(log_history, output_dir / CURVES_FILE)
+    final = results.get("test") or results.get("eval")
+    if final:
+        plot_confusion_matrix(final["confusion_matrix"], results["labels"], output_dir / CONFUSION_FILE)
+
+
+def save_model_folder(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    image_processor: BaseImageProcessor,
+    *,
+    method: str,
+    metrics: dict[str, Any],
+    command: str | None = None,
+    dataset: str | None = None,
+) -> Path:
+    """Write the model folder (LoRA: the portable adapter folder) into ``out_dir``, keeping the rest of ``out_dir``.
+
+    The folder is completed in a hidden staging folder and its files are then renamed into ``out_dir`` one by one,
+    so the run's checkpoints and logs next to them stay where they are.
+    """
+    out_dir = Path(out_dir)
+    # Named like out_dir: the model card shows the folder name in its usage example.
+    staging_root = out_dir / ".model.tmp"
+    staging = staging_root / out_dir.name
+    shutil.rmtree(staging_root, ignore_errors=True)
+    if isinstance(model, PeftModel):
+        save_pretrained(model, staging, image_processor, metrics=metrics, command=command, dataset=dataset)
+    else:
+        staging.mkdir(parents=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        image_processor.save_pretrained(staging)
+        card = _plain_model_card(model, method, metrics, command, dataset)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+    for path in staging.iterdir():
+        os.replace(path, out_dir / path.name)
+    shutil.rmtree(staging_root)
+    return out_dir
+
+
+def _plain_model_card(
+    model: PreTrainedModel, method: str, metrics: dict[str, Any], command: str | None, dataset: str | None
+) -> str:
+    metadata = {
+        "base_model": model.name_or_path,
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification",
+        "tags": ["peft_vision_lora", "image-classification", "vision-transformer"],
+    }
+    if dataset:
+        metadata["datasets"] = [dataset]
+    kind = "a linear probe (frozen backbone, trained head)" if method == "linear" else "full fine-tuning"
+    rows = "".join(f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in metrics.items())
+    labels = ", ".join(f"`{model.config.id2label[i]}`" for i in range(model.config.num_labels))
+    text = [
+        f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n# Image classifier on `{model.name_or_path}`\n\n",
+        f"Trained by {kind} with peft_vision_lora.\n\n",
+        f"## Results\n\n| metric | value |\n|---|---|\n{rows}\n" if rows else "",
+        f"## Labels\n\n{labels}\n\n",
+    ]
+    if command:
+        text.append(f"## Training command\n\n```bash\n{command}\n```\n")
+    return "".join(text)

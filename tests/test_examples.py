@@ -1,0 +1,54 @@
+"""``examples/train.py``: a thin script over the same options and training loop, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from training.training_helpers import make_imagefolder, make_tiny_vit
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random ViT and a tiny image folder with train/validation/test splits."""
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_vit(root / "vit"), make_imagefolder(
+        root / "colours", per_class={"train": 8, "validation": 2, "test": 4}
+    )
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch, transformers and peft
+def test_example_script_trains_and_saves(tiny, tmp_path):
+    tiny_vit, tiny_data = tiny
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(EXAMPLE),
+        "--model",
+        str(tiny_vit),
+        "--dataset",
+        str(tiny_data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--eval_steps",
+        "3",
+        "--disable_tqdm",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"test top-1 accuracy: {metrics['test']['top1_accuracy']:.4f}" in result.stdout
+    assert metrics["num_processes"] == 1 and metrics["total_steps"] == 6
+    assert (out / "adapter_model.safetensors").is_file() and (out / "training_curves.png").is_file()
+    assert f"python {EXAMPLE} --model {tiny_vit}" in (out / "README.md").read_text()

@@ -1,0 +1,102 @@
+"""Options: flags, aliases and config files parse into the argument dataclasses; bad values name their flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from peft_vision_lora.training import DataArguments, ModelArguments, TrainingArguments, parse_args, to_command
+
+
+def test_flags_use_transformers_names_and_aliases():
+    model, data, training = parse_args(
+        [
+            "--dataset",
+            "data/",
+            "--output_dir",
+            "out",
+            "--lora_length",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "2",
+            "--label_smoothing_factor",
+            "0.1",
+            "--hub_private_repo",
+            "--eval_steps",
+            "5",
+            "--hflip",
+            "0",
+        ]
+    )
+    assert model.r == 4 and model.method == "lora"
+    assert data.dataset == "data/" and data.hflip == 0
+    assert training.per_device_train_batch_size == 8 and training.gradient_accumulation_steps == 2
+    assert training.label_smoothing == 0.1 and training.hub_private
+    # --eval_steps alone means evaluating by steps, as users of transformers' Trainer would have to spell out.
+    assert (training.eval_strategy, training.save_strategy) == ("steps", "epoch")
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_gives_the_same_options_as_flags(tmp_path, suffix):
+    options = {"dataset": "data/", "output_dir": "out", "method": "linear", "learning_rate": 0.01, "bf16": True}
+    path = tmp_path / f"run{suffix}"
+    path.write_text(yaml.safe_dump(options) if suffix == ".yaml" else json.dumps(options))
+    from_file = parse_args([str(path)])
+    from_flags = parse_args(
+        ["--dataset", "data/", "--output_dir", "out", "--method", "linear", "--learning_rate", "0.01", "--bf16"]
+    )
+    assert from_file == from_flags
+    assert from_file[2].mixed_precision == "bf16"
+
+
+def test_command_reproduces_the_options():
+    args = parse_args(
+        [
+            "--dataset",
+            "d",
+            "--output_dir",
+            "o",
+            "--r",
+            "4",
+            "--hflip",
+            "0",
+            "--gradient_checkpointing",
+            "--max_steps",
+            "7",
+        ]
+    )
+    command = to_command(*args)
+    assert command.startswith("peft-vision-lora train ")
+    assert parse_args(command.split()[2:]) == args
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda: ModelArguments(method="adapter"), "--method"),
+        (lambda: ModelArguments(preset="everything"), "--preset"),
+        (lambda: ModelArguments(r=0), "--r"),
+        (lambda: ModelArguments(normalization="cifar"), "--normalization"),
+        (lambda: DataArguments(val_fraction=1.5), "--val_fraction"),
+        (lambda: DataArguments(hflip=2), "--hflip"),
+        (lambda: TrainingArguments("o", per_device_train_batch_size=0), "--per_device_train_batch_size"),
+        (lambda: TrainingArguments("o", warmup_ratio=1.0), "--warmup_ratio"),
+        (lambda: TrainingArguments("o", lr_scheduler_type="cosine_annealing"), "--lr_scheduler_type"),
+        (lambda: TrainingArguments("o", bf16=True, fp16=True), "--bf16"),
+        (lambda: TrainingArguments("o", report_to="mlflow"), "--report_to"),
+        (lambda: TrainingArguments("o", push_to_hub=True), "--hub_model_id"),
+        (lambda: TrainingArguments("o", eval_strategy="steps"), "--eval_steps"),
+    ],
+)
+def test_invalid_options_name_the_flag(make, flag):
+    with pytest.raises(ValueError, match=flag):
+        make()
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        parse_args([str(tmp_path / "nope.yaml")])

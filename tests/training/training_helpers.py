@@ -1,0 +1,45 @@
+"""Tiny, learnable image datasets and checkpoints for the training tests, written into tmp dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+TINY_VIT = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+)
+CLASSES = ("red", "green", "blue")
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def make_tiny_vit(folder: Path, seed: int = 0, **overrides) -> Path:
+    torch.manual_seed(seed)
+    ViTForImageClassification(ViTConfig(**{**TINY_VIT, **overrides})).save_pretrained(folder)
+    return folder
+
+
+def make_imagefolder(
+    root: Path,
+    *,
+    classes: Sequence[str] = CLASSES,
+    per_class: dict[str, int] | None = None,
+    size: int = 40,
+    seed: int = 0,
+) -> Path:
+    """``root/<split>/<class>/*.png``: noisy images whose mean colour gives the class away, so a tiny model learns."""
+    rng = np.random.default_rng(seed)
+    per_class = per_class or {"train": 8, "test": 4}
+    for split, count in per_class.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array(COLOURS.get(name, rng.integers(0, 256, 3)), dtype=np.float32)
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                PIL.Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
