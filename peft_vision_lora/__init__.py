@@ -7,7 +7,7 @@ Importing the package registers the supported families with PEFT (so ``get_peft_
 from .architectures import ARCHITECTURES, PRESETS, get_architecture, resolve_target_modules, supported_model_types
 from .configuration import VisionLoraConfig
 from .data import ImageTransforms, MixupCutmix, TransformOptions, load_image_dataset, normalize_on_device
-from .modeling import build_model, load_model, merge_adapter, save_pretrained
+from .modeling import build_classifier, build_model, load_model, merge_adapter, save_pretrained
 from .multi_adapter import MultiAdapterClassifier
 from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
 from .processing import load_image_processor
@@ -27,6 +27,7 @@ __all__ = [
     "MultiAdapterClassifier",
     "VisionLoraConfig",
     "VisionLoraForImageClassification",
+    "build_classifier",
     "build_model",
     "default_model_path",
     "ensure_default_backbone",

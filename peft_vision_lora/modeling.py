@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from .architectures import (
 from .card import write_model_card
 from .configuration import VisionLoraConfig
 from .processing import default_image_processor, load_image_processor
+from .resizing import native_image_size, resize_position_embeddings, vision_config
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +92,20 @@ def _classification_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     return AutoModelForImageClassification
 
 
-def load_classifier(base: str | os.PathLike, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+def load_classifier(
+    base: str | os.PathLike, config: PretrainedConfig, *, image_size: int | None = None, **kwargs: Any
+) -> PreTrainedModel:
     """A classification model with the backbone weights of ``base`` and the head described by ``config``.
 
-    A fresh (or resized) head is expected and not reported; any *backbone* weight missing from ``base`` is.
+    The weights load at the base's own input size; the model is then rebuilt for ``image_size`` (default: the size
+    ``config`` records) with resampled position embeddings. A fresh (or resized) head is expected and not reported;
+    any *backbone* weight missing from ``base`` is, and a backbone weight of the wrong shape is an error.
     """
-    arch = get_architecture(AutoConfig.from_pretrained(os.fspath(base)))
+    base_config = AutoConfig.from_pretrained(os.fspath(base))
+    arch = get_architecture(base_config)
+    image_size = image_size or native_image_size(config)
+    config = copy.deepcopy(config)
+    vision_config(config).image_size = native_image_size(base_config)
     if arch.checkpoint_key_mapping:
         kwargs.setdefault("key_mapping", dict(arch.checkpoint_key_mapping))
     verbosity = hf_logging.get_verbosity()
@@ -107,10 +117,26 @@ def load_classifier(base: str | os.PathLike, config: PretrainedConfig, **kwargs:
     finally:
         hf_logging.set_verbosity(verbosity)
     head = re.compile(rf"(^|\.){arch.head}\.")
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    mismatched = [k for k in mismatched if not head.search(k)]
+    if mismatched:
+        raise ValueError(f"Backbone weights of {base} do not fit the model's config: {sorted(mismatched)[:10]}.")
     missing = [k for k in info.get("missing_keys", []) if not head.search(k)]
     if missing:
         logger.warning("Backbone weights not found in %s, initialised randomly: %s", base, sorted(missing)[:10])
-    return model
+    model.name_or_path = os.fspath(base)
+    return resize_position_embeddings(model, image_size)
+
+
+def build_classifier(
+    base: str | os.PathLike, labels: Sequence[str], *, image_size: int | None = None
+) -> PreTrainedModel:
+    """The plain classification model of ``base`` with a fresh head over ``labels``: the full fine-tuning and
+    linear-probe baselines, and the model :func:`build_model` wraps with LoRA."""
+    labels = _check_labels(labels)
+    base = _check_base_exists(base)
+    config = _classification_config(AutoConfig.from_pretrained(base), labels)
+    return load_classifier(base, config, image_size=image_size)
 
 
 def build_model(
@@ -122,6 +148,7 @@ def build_model(
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
     normalization: str | None = None,
+    image_size: int | None = None,
     **lora_kwargs: Any,
 ) -> PeftModel:
     """A LoRA image classifier: frozen backbone of ``base``, LoRA on the ``preset`` projections, a fresh trainable head.
@@ -129,7 +156,8 @@ def build_model(
     ``base`` is a local folder, a Hub id or a model instance of a supported family (classification model, bare
     backbone, or a full ``CLIPModel`` used as a vision backbone). Extra keyword arguments (``use_dora``,
     ``use_rslora``, ``init_lora_weights``, ...) go to ``peft.LoraConfig``. ``normalization`` overrides the image
-    mean/std saved with the adapter (``imagenet``, ``inception``, ``clip``).
+    mean/std saved with the adapter (``imagenet``, ``inception``, ``clip``); ``image_size`` builds the model for
+    another input size (position embeddings resampled; recorded in the adapter so every loader rebuilds it).
     """
     labels = _check_labels(labels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,26 +168,26 @@ def build_model(
             source = tmp
         else:
             source = base_name = _check_base_exists(base)
-        config = AutoConfig.from_pretrained(source)
-        arch = get_architecture(config)
-        model = load_classifier(source, _classification_config(config, labels))
+        model = build_classifier(source, labels, image_size=image_size)
         model.name_or_path = base_name or source
-        processor = load_image_processor(source, normalization=normalization) if source != tmp else None
+        processor = (
+            load_image_processor(source, normalization=normalization, image_size=image_size)
+            if source != tmp
+            else default_image_processor(model.config, normalization=normalization, image_size=image_size)
+        )
     lora_config = LoraConfig(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         target_modules=resolve_target_modules(model, preset),
-        modules_to_save=[arch.head],
+        modules_to_save=[get_architecture(model).head],
         **lora_kwargs,
     )
     peft_model = get_peft_model(model, lora_config)
     peft_model.peft_config["default"].base_model_name_or_path = model.name_or_path
     # Kept on the model so save_pretrained writes the preprocessing this model was built with.
     peft_model.vision_lora_preset = preset
-    peft_model.vision_lora_image_processor = processor or default_image_processor(
-        model.config, normalization=normalization
-    )
+    peft_model.vision_lora_image_processor = processor
     return peft_model
 
 
@@ -303,7 +331,7 @@ def _check_same_architecture(
     backbone: PretrainedConfig, base_config: PretrainedConfig, folder: Path, base: str
 ) -> None:
     mine, theirs = get_architecture(backbone), get_architecture(base_config)
-    vision = lambda c: getattr(c, "vision_config", None) or c  # noqa: E731
+    vision = vision_config
     geometry = ("hidden_size", "num_hidden_layers", "patch_size")
     if mine.classification_class != theirs.classification_class or any(
         getattr(vision(backbone), g, None) != getattr(vision(base_config), g, None) for g in geometry

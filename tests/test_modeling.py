@@ -284,3 +284,30 @@ def test_unrelated_base_is_found_through_other_tree(tmp_path, pixel_values):
     loaded = pvl.load_model(folder, base_model=tmp_path / "moved")
     assert (_logits(loaded, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-6
     assert get_architecture(loaded).model_type == "vit"
+
+
+@pytest.mark.parametrize("name", ["vit", "clip-vision", "dinov2"])
+def test_model_built_for_another_image_size_loads_everywhere_at_that_size(tiny_models, tmp_path, name):
+    # Trained at 48 px on a 32 px checkpoint: every loader must rebuild the same 48 px model, pipelines included.
+    model = pvl.build_model(tiny_models[name], LABELS, image_size=48, init_lora_weights=False).eval()
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    reference = _logits(model, x)
+    if name != "dinov2":  # equals interpolating the checkpoint's embeddings at every forward
+        plain = pvl.build_model(tiny_models[name], LABELS, init_lora_weights=False).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if "position" not in k}, strict=False)
+        with torch.no_grad():
+            interpolated = plain(pixel_values=x, interpolate_pos_encoding=True).logits
+        assert (interpolated - reference).abs().max() <= 1e-5
+    folder = pvl.save_pretrained(model, tmp_path / "adapter")
+    assert pvl.load_image_processor(folder).crop_size["height"] == 48
+    for loaded in (pvl.load_model(folder), AutoModelForImageClassification.from_pretrained(folder).eval()):
+        assert (_logits(loaded, x) - reference).abs().max() <= 1e-5
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 50, 3), dtype=np.uint8))
+    assert len(pipeline("image-classification", model=str(folder))(image)) == 3
+
+
+def test_build_classifier_is_the_plain_baseline(tiny_models, pixel_values):
+    model = pvl.build_classifier(tiny_models["vit"], LABELS, image_size=48)
+    assert type(model) is ViTForImageClassification and model.config.image_size == 48
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.config.id2label[2] == "fox"

@@ -172,8 +172,9 @@ def normalize_on_device(
     scale = 255.0 if not pixel_values.is_floating_point() else 1.0
     mean_t = torch.as_tensor(mean, dtype=dtype, device=pixel_values.device).view(1, -1, 1, 1) * scale
     std_t = torch.as_tensor(std, dtype=dtype, device=pixel_values.device).view(1, -1, 1, 1) * scale
-    # (x / 255 - mean) / std, folded into one subtraction and one division on a fresh tensor.
-    return pixel_values.to(dtype, copy=True).sub_(mean_t).div_(std_t)
+    # (x / 255 - mean) / std folded into (x - 255 mean) * (1 / (255 std)) on a fresh tensor: the same operations
+    # as the host-side float output of ImageTransforms, so both give identical values.
+    return pixel_values.to(dtype, copy=True).sub_(mean_t).mul_(1 / std_t)
 
 
 class ImageTransforms:
@@ -201,7 +202,10 @@ class ImageTransforms:
         self.train = train
         self.options = options or TransformOptions()
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._fallback: tuple[np.ndarray, Any] | None = None
+        # Float output is (x - offset) * scale, per channel, computed in float32 like normalize_on_device.
+        self._offset = (np.asarray(preprocessing.mean, np.float32) * np.float32(255)).reshape(3, 1, 1)
+        self._scale = np.float32(1) / (np.asarray(preprocessing.std, np.float32) * np.float32(255)).reshape(3, 1, 1)
+        self._fallback: tuple[torch.Tensor, Any] | None = None
         self._reported: set[str] = set()
 
     @classmethod
@@ -276,19 +280,20 @@ class ImageTransforms:
         labels = list(batch[opts.label_column]) if opts.label_column in batch else None
         indices = batch.get(opts.index_column)
         keys = [int(i) for i in indices] if indices is not None else [source_key(image) for image in images]
+        out_h, out_w = self.preprocessing.size
+        dtype = torch.float32 if opts.output == "float" else torch.uint8
+        pixel_values = torch.empty((len(images), 3, out_h, out_w), dtype=dtype)
+        # Each image is written (and normalised) straight into its slot of the batch while it is still in cache:
+        # no per-image arrays to stack, no batch-sized temporaries.
+        slots = list(pixel_values.numpy())
         threads = min(self._threads(), len(images))
         if threads > 1:
-            # PIL decodes and resizes without the GIL; a pool per batch stays safe across DataLoader worker forks.
+            # PIL decodes and torch resizes without the GIL; a pool per batch stays safe across DataLoader forks.
             with ThreadPoolExecutor(threads) as pool:
-                arrays = list(pool.map(self._transform_or_none, images, keys))
+                done = list(pool.map(self._fill, images, keys, slots))
         else:
-            arrays = [self._transform_or_none(image, key) for image, key in zip(images, keys)]
-        self._replace_failures(arrays, labels)
-        out_h, out_w = self.preprocessing.size
-        stacked = np.stack(arrays) if arrays else np.zeros((0, out_h, out_w, 3), dtype=np.uint8)
-        pixel_values = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-        if opts.output == "float":
-            pixel_values = normalize_on_device(pixel_values, self.mean, self.std)
+            done = [self._fill(image, key, slot) for image, key, slot in zip(images, keys, slots)]
+        self._replace_failures(pixel_values, done, labels)
         out = {"pixel_values": pixel_values}
         if labels is not None:
             out["labels"] = torch.as_tensor(labels, dtype=torch.long)
@@ -299,12 +304,21 @@ class ImageTransforms:
             return self.options.num_threads
         return 1 if get_worker_info() is not None else min(8, os.cpu_count() or 1)
 
-    def _transform_or_none(self, image: ImageSource, key: int) -> np.ndarray | None:
+    def _fill(self, image: ImageSource, key: int, slot: np.ndarray) -> bool:
+        """Transform ``image`` into ``slot`` (``(3, H, W)``); False, reported, when it cannot be decoded."""
         try:
-            return self.transform_image(image, key)
+            array = self.transform_image(image, key)
         except BadImageError as exc:
             self._report(exc)
-            return None
+            return False
+        self._write(array, slot)
+        return True
+
+    def _write(self, array: np.ndarray, slot: np.ndarray) -> None:
+        slot[...] = array.transpose(2, 0, 1)  # HWC -> CHW, and uint8 -> float32 for float output
+        if slot.dtype != np.uint8:
+            slot -= self._offset
+            slot *= self._scale
 
     def transform_image(self, image: ImageSource, key: int = 0) -> np.ndarray:
         """One image -> ``(H, W, 3)`` uint8 array; ``key`` seeds the train augmentations with the epoch."""
@@ -320,14 +334,15 @@ class ImageTransforms:
             if pil is not image:  # close what we opened, never the caller's image
                 pil.close()
         if rng.random() < opts.hflip:
-            region = region.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+            region = region[:, ::-1]  # a view: the copy into the batch does the flip
         if opts.auto_augment:
             fill = tuple(int(round(255 * m)) for m in self.mean)
-            region = auto_augment(region, rng, opts.auto_augment, num_ops=opts.num_ops, magnitude=opts.magnitude,
-                                  fill=fill)
-        return np.asarray(region)
+            augmented = auto_augment(PIL.Image.fromarray(region), rng, opts.auto_augment, num_ops=opts.num_ops,
+                                     magnitude=opts.magnitude, fill=fill)
+            region = np.asarray(augmented)
+        return region
 
-    def _decode(self, pil: PIL.Image.Image, box: Box, reduce: bool, image: ImageSource) -> PIL.Image.Image:
+    def _decode(self, pil: PIL.Image.Image, box: Box, reduce: bool, image: ImageSource) -> np.ndarray:
         out_h, out_w = self.preprocessing.size
         return decode_region(pil, box, (out_w, out_h), self.preprocessing.resample, reduce=reduce,
                              source=describe(image))
@@ -357,26 +372,25 @@ class ImageTransforms:
             logger.warning("%s; using a substitute sample (%d unreadable so far in this process)", error,
                            len(self._reported))
 
-    def _replace_failures(self, arrays: list[np.ndarray | None], labels: list[Any] | None) -> None:
-        good = [i for i, a in enumerate(arrays) if a is not None]
+    def _replace_failures(self, pixel_values: torch.Tensor, done: list[bool], labels: list[Any] | None) -> None:
+        good = [i for i, ok in enumerate(done) if ok]
         if good:
             last = good[-1]
-            self._fallback = (arrays[last], labels[last] if labels is not None else None)
-        for i, array in enumerate(arrays):
-            if array is not None:
-                continue
+            self._fallback = (pixel_values[last].clone(), labels[last] if labels is not None else None)
+        for i in (i for i, ok in enumerate(done) if not ok):
             if good:
                 j = min(good, key=lambda g: (abs(g - i), g))
-                arrays[i] = arrays[j]
+                pixel_values[i] = pixel_values[j]
                 if labels is not None:
                     labels[i] = labels[j]
             elif self._fallback is not None:
-                arrays[i] = self._fallback[0]
+                pixel_values[i] = self._fallback[0]
                 if labels is not None and self._fallback[1] is not None:
                     labels[i] = self._fallback[1]
             else:
                 out_h, out_w = self.preprocessing.size
-                arrays[i] = np.full((out_h, out_w, 3), [round(255 * m) for m in self.mean], dtype=np.uint8)
+                mean_colour = np.full((out_h, out_w, 3), [round(255 * m) for m in self.mean], dtype=np.uint8)
+                self._write(mean_colour, pixel_values[i].numpy())
 
 
 def random_resized_crop_box(

@@ -43,7 +43,7 @@ from .checkpointing import (
 from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
 from .evaluation import evaluate_model
 from .hub import push_to_hub
-from .model import build_classifier, enable_gradient_checkpointing, forward_kwargs
+from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
 
@@ -164,7 +164,7 @@ class Trainer:
                 from ..offline.backbone import default_model_path
 
                 self.base = default_model_path()
-        self.model = build_classifier(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
+        self.model = build_training_model(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
         if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.processor = load_image_processor(

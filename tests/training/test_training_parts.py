@@ -11,11 +11,12 @@ from accelerate import Accelerator
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import CLIPConfig, CLIPForImageClassification
 
+from peft_vision_lora.resizing import resize_position_embeddings
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
 from peft_vision_lora.training.data import check_same_classes, class_names
 from peft_vision_lora.training.evaluation import compute_metrics, load_metric
-from peft_vision_lora.training.model import build_classifier, enable_gradient_checkpointing, resize_position_embeddings
+from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing
 from peft_vision_lora.training.optim import build_optimizer, build_scheduler, parameter_groups
 from peft_vision_lora.training.sampler import EpochShuffleSampler
 
@@ -28,7 +29,7 @@ def _names(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> set[str]
 
 
 def test_weight_decay_only_on_weight_matrices(tiny_vit):
-    model = build_classifier(ModelArguments(method="full"), tiny_vit, LABELS)
+    model = build_training_model(ModelArguments(method="full"), tiny_vit, LABELS)
     groups = {g["name"]: g for g in parameter_groups(model, learning_rate=1e-4, weight_decay=0.05, head_lr=1e-2)}
     decayed = _names(model, groups["backbone"]["params"])
     not_decayed = _names(model, groups["backbone_no_decay"]["params"])
@@ -50,7 +51,7 @@ def test_weight_decay_only_on_weight_matrices(tiny_vit):
 
 
 def test_lora_groups_hold_only_trainable_parameters(tiny_vit):
-    model = build_classifier(ModelArguments(r=4), tiny_vit, LABELS)
+    model = build_training_model(ModelArguments(r=4), tiny_vit, LABELS)
     groups = {g["name"]: g for g in parameter_groups(model, learning_rate=1e-3, weight_decay=0.01)}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert set().union(*(_names(model, g["params"]) for g in groups.values())) == trainable
@@ -60,12 +61,12 @@ def test_lora_groups_hold_only_trainable_parameters(tiny_vit):
 
 
 def test_linear_probe_trains_the_head_only(tiny_vit):
-    model = build_classifier(ModelArguments(method="linear"), tiny_vit, LABELS)
+    model = build_training_model(ModelArguments(method="linear"), tiny_vit, LABELS)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
 
 
 def test_resized_position_embeddings_equal_interpolation_at_every_forward(tiny_vit):
-    vit = build_classifier(ModelArguments(method="full"), tiny_vit, LABELS)
+    vit = build_training_model(ModelArguments(method="full"), tiny_vit, LABELS)
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8)
     clip = CLIPForImageClassification(CLIPConfig(vision_config={**tiny, "image_size": 32}, num_labels=3))
     pixel_values = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
@@ -79,7 +80,7 @@ def test_resized_position_embeddings_equal_interpolation_at_every_forward(tiny_v
 
 
 def test_cosine_schedule_with_warmup(tiny_vit):
-    model = build_classifier(ModelArguments(method="linear"), tiny_vit, LABELS)
+    model = build_training_model(ModelArguments(method="linear"), tiny_vit, LABELS)
     optimizer = build_optimizer(model, learning_rate=1.0, weight_decay=0.0)
     scheduler = build_scheduler(optimizer, "cosine", total_steps=10, num_warmup_steps=2)
     lrs = []
@@ -105,7 +106,7 @@ def test_data_order_depends_on_seed_and_epoch_only():
 def test_gradient_checkpointing_recomputes_and_reaches_lora_weights(tiny_vit, pixel_values):
     def grads(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
         torch.manual_seed(0)
-        model = build_classifier(ModelArguments(r=4), tiny_vit, LABELS)
+        model = build_training_model(ModelArguments(r=4), tiny_vit, LABELS)
         with torch.no_grad():  # LoRA B starts at zero, which would make every LoRA A gradient zero too
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -158,7 +159,7 @@ def test_metrics_with_few_classes_skip_trivial_top5_and_mark_empty_classes():
 
 
 def _training_objects(tiny_vit):
-    model = build_classifier(ModelArguments(r=4), tiny_vit, LABELS)
+    model = build_training_model(ModelArguments(r=4), tiny_vit, LABELS)
     optimizer = build_optimizer(model, learning_rate=1e-2, weight_decay=0.01)
     scheduler = build_scheduler(optimizer, "cosine", total_steps=10, num_warmup_steps=1)
     return model, optimizer, scheduler
