@@ -15,7 +15,9 @@ from peft_vision_lora.data.images import (
     decode_region,
     decode_resized,
     describe,
+    draft_scale,
     open_image,
+    resize_box,
     source_key,
     to_rgb,
     upright_size,
@@ -134,9 +136,10 @@ def test_region_decoding_matches_transpose_then_resize(orientation):
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))
     box = (3.0, 5.0, 3.0 + upright.width * 0.6, 5.0 + upright.height * 0.5)
     expected = np.asarray(upright.resize((20, 16), Image.Resampling.BICUBIC, box=box)).astype(int)
-    out = np.asarray(decode_region(image, box, (20, 16), Image.Resampling.BICUBIC)).astype(int)
+    out = decode_region(image, box, (20, 16), Image.Resampling.BICUBIC).astype(int)
     assert out.shape == (16, 20, 3)
-    assert np.abs(out - expected).max() <= 1
+    # Whole-pixel boxes (orientations 1-4 here) are resized by torch, which crops first: a level or two at the edges.
+    assert np.abs(out - expected).max() <= 2 and np.abs(out - expected).mean() < 0.2
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -160,6 +163,48 @@ def test_reduced_jpeg_decoding_stays_close_to_a_full_decode(tmp_path):
     fast = np.asarray(decode_region(drafted, box, (224, 224), Image.Resampling.BICUBIC, reduce=True)).astype(int)
     assert drafted.size == (512, 384)  # decoded at 1/2 scale: the 800x600 box is still >= 224 px each way
     assert np.abs(fast - full).mean() < 2.0
+
+
+@pytest.mark.parametrize("width, height", [(1024, 768), (1023, 767)], ids=["even", "odd"])
+def test_draft_scale_is_the_smallest_that_keeps_the_output_resolution(tmp_path, width, height):
+    path = write_jpeg(tmp_path / "big.jpg", width, height)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        w, h = rng.integers(20, width + 1), rng.integers(20, height + 1)
+        x0, y0 = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+        box, size = (float(x0), float(y0), float(x0 + w), float(y0 + h)), (int(rng.integers(16, 225)), 112)
+        image = Image.open(path)
+        reduction = draft_scale(image, box, size)
+        seen.add(reduction)
+        # A reduced box keeps at least the output resolution, and the next scale would lose it (1/8 is the last).
+        assert reduction == 1 or (w / reduction >= size[0] and h / reduction >= size[1])
+        assert reduction == 8 or w / (2 * reduction) < size[0] or h / (2 * reduction) < size[1]
+        image.load()  # the reduction is really applied by the decoder, odd sizes included
+        assert image.size == (-(-width // reduction), -(-height // reduction))
+    assert seen == {1, 2, 4}
+    png = tmp_path / "big.png"
+    Image.open(path).save(png)
+    assert draft_scale(Image.open(png), (0, 0, width, height), (64, 64)) == 1  # DCT scaling is JPEG-only
+
+
+@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
+@pytest.mark.parametrize("box, size", [((7, 11, 407, 311), (96, 80)), ((3, 2, 40, 30), (64, 48))],
+                         ids=["downscale", "upscale"])
+def test_resize_box_matches_pil(resample, box, size):
+    image = photo(420, 320, seed=3)
+    out = resize_box(image, box, size, resample).astype(int)
+    cropped = np.asarray(image.crop(box).resize(size, resample)).astype(int)  # torch crops, then resizes
+    assert out.shape == (size[1], size[0], 3)
+    assert np.abs(out - cropped).max() <= 2 and np.abs(out - cropped).mean() < 0.05
+    in_place = np.asarray(image.resize(size, resample, box=box)).astype(int)  # PIL reads past the box edges
+    assert np.abs(out - in_place)[2:-2, 2:-2].max() <= 2
+    # Fractional boxes and other filters are PIL's own resize.
+    fractional = (7.5, 11.25, 400.5, 300.0)
+    np.testing.assert_array_equal(resize_box(image, fractional, size, resample),
+                                  np.asarray(image.resize(size, resample, box=fractional)))
+    np.testing.assert_array_equal(resize_box(image, box, size, Image.Resampling.LANCZOS),
+                                  np.asarray(image.resize(size, Image.Resampling.LANCZOS, box=box)))
 
 
 def test_one_pixel_image_decodes(tmp_path):

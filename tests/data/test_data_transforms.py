@@ -118,6 +118,18 @@ def test_output_shapes_dtypes_and_normalisation(photos):
     torch.testing.assert_close(grey["pixel_values"][0, :, 16, 24], expected)
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_float_output_is_the_uint8_output_normalised_whatever_the_threads(photos, train):
+    pre = Preprocessing(size=(40, 56), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    dataset = _dataset(photos)
+    one = ImageTransforms(pre, train, options=_opts(num_threads=1)).attach(dataset)[: len(photos)]["pixel_values"]
+    three = ImageTransforms(pre, train, options=_opts(num_threads=3)).attach(dataset)[: len(photos)]["pixel_values"]
+    as_uint8 = ImageTransforms(pre, train, options=_opts(output="uint8")).attach(dataset)[: len(photos)]
+    assert one.is_contiguous() and torch.equal(one, three)
+    # Same float32 operations on the host and on the device: identical values, not merely close ones.
+    assert torch.equal(normalize_on_device(as_uint8["pixel_values"], pre.mean, pre.std), one)
+
+
 def _opts(**kwargs):
     from peft_vision_lora.data import TransformOptions
 
@@ -188,11 +200,12 @@ def test_random_resized_crop_box_respects_scale_and_ratio():
 
 
 def test_reduced_decoding_is_used_for_training_only_and_stays_close(tmp_path):
-    path = str(write_jpeg(tmp_path / "large.jpg", 1200, 900))
+    path = str(write_jpeg(tmp_path / "large.jpg", 1200, 896))  # whole 8x8 blocks: the 1/8 grid fits the crop
     pre = Preprocessing(size=(112, 112))
     batch = {"image": [{"path": path, "bytes": None}], "index": [0]}
-    fast = ImageTransforms(pre, train=True, options=_opts(scale=(1.0, 1.0), hflip=0.0))(batch)["pixel_values"]
-    exact = ImageTransforms(pre, train=True, options=_opts(scale=(1.0, 1.0), hflip=0.0, reduced_decode=False))(batch)
+    whole = {"scale": (1.0, 1.0), "ratio": (0.5, 2.0), "hflip": 0.0}  # the crop is the whole image
+    fast = ImageTransforms(pre, train=True, options=_opts(**whole))(batch)["pixel_values"]
+    exact = ImageTransforms(pre, train=True, options=_opts(**whole, reduced_decode=False))(batch)
     assert not torch.equal(fast, exact["pixel_values"])
     # Decoded at 1/8 scale (DCT block averages) then resized: a slightly different blur, never a different crop.
     assert (fast - exact["pixel_values"]).abs().mean() * 0.226 * 255 < 8
