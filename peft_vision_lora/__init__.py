@@ -12,12 +12,30 @@ from .multi_adapter import MultiAdapterClassifier
 from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
 from .processing import load_image_processor
 from .registration import VisionLoraForImageClassification, register
+from .training import (
+    DataArguments,
+    HubPushError,
+    ModelArguments,
+    NonFiniteLossError,
+    TrainingArguments,
+    parse_args,
+    push_to_hub,
+    train,
+)
 
 __version__ = "0.1.0"
 
 register()
 
 __all__ = [
+    "DataArguments",
+    "HubPushError",
+    "ModelArguments",
+    "NonFiniteLossError",
+    "TrainingArguments",
+    "parse_args",
+    "push_to_hub",
+    "train",
     "ARCHITECTURES",
     "DEFAULT_BACKBONE",
     "ImageTransforms",

@@ -2,6 +2,8 @@
 
 peft-vision-lora train --dataset flowers/ --output_dir out/     # or: peft-vision-lora train config.yaml
 peft-vision-lora push out/ user/flowers-lora [--private]
+peft-vision-lora merge out/ merged/                            # standalone transformers model, no PEFT needed
+peft-vision-lora predict out/ photo.jpg [more.jpg ...] [--top_k 3]
 """
 
 from __future__ import annotations
@@ -47,10 +49,40 @@ def _push(argv: list[str]) -> int:
     return 0
 
 
+def _merge(argv: list[str]) -> int:
+    from .modeling import merge_adapter
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} merge", description="Merge an adapter into its backbone.")
+    parser.add_argument("adapter", help="Adapter folder or Hub id.")
+    parser.add_argument("out_dir", help="Where the standalone transformers model folder is written.")
+    parser.add_argument("--base_model", default=None, help="Backbone location, if not the one the adapter records.")
+    args = parser.parse_args(argv)
+    print(merge_adapter(args.adapter, args.out_dir, base_model=args.base_model))
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    import json
+
+    from transformers import pipeline
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} predict", description="Classify images with a trained model.")
+    parser.add_argument("model", help="Adapter folder, merged folder or Hub id.")
+    parser.add_argument("images", nargs="+", help="Image files or URLs.")
+    parser.add_argument("--top_k", type=int, default=3, help="Labels per image.")
+    args = parser.parse_args(argv)
+    classify = pipeline("image-classification", model=args.model)
+    for image, result in zip(args.images, classify(args.images, top_k=args.top_k)):
+        print(json.dumps({"image": image, "predictions": result}))
+    return 0
+
+
 # name -> (one-line help, handler receiving the arguments after the name and returning the exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "train": ("Fine-tune a vision transformer (LoRA, full or linear probe) on an image dataset.", _train),
     "push": ("Upload an adapter folder to the Hugging Face Hub.", _push),
+    "merge": ("Merge an adapter into its backbone: a standalone transformers model folder.", _merge),
+    "predict": ("Classify image files with an adapter or model folder (JSON lines).", _predict),
 }
 
 

@@ -101,3 +101,27 @@ def test_runs_as_a_program():
     result = subprocess.run([sys.executable, "-m", "peft_vision_lora.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "train" in result.stdout and "push" in result.stdout
+
+
+def test_merge_and_predict(tiny_models, tmp_path, capsys):
+    import torch
+    from PIL import Image
+
+    import peft_vision_lora as pvl
+
+    torch.manual_seed(0)
+    model = pvl.build_model(tiny_models["vit"], ["red", "green"], init_lora_weights=False)
+    adapter = pvl.save_pretrained(model, tmp_path / "adapter")
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
+
+    assert main(["merge", str(adapter), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    capsys.readouterr()
+    predictions = []
+    for folder in (adapter, tmp_path / "merged"):
+        assert main(["predict", str(folder), str(tmp_path / "red.png"), "--top_k", "2"]) == 0
+        line = json.loads(capsys.readouterr().out.strip())
+        assert line["image"].endswith("red.png") and [p["label"] for p in line["predictions"]] != []
+        predictions.append(line["predictions"])
+    assert [p["label"] for p in predictions[0]] == [p["label"] for p in predictions[1]]
+    assert predictions[0][0]["score"] == pytest.approx(predictions[1][0]["score"], abs=1e-4)

@@ -52,3 +52,29 @@ def test_example_script_trains_and_saves(tiny, tmp_path):
     assert metrics["num_processes"] == 1 and metrics["total_steps"] == 6
     assert (out / "adapter_model.safetensors").is_file() and (out / "training_curves.png").is_file()
     assert f"python {EXAMPLE} --model {tiny_vit}" in (out / "README.md").read_text()
+
+
+MAIN_JOB = Path(__file__).resolve().parents[1] / "examples" / "offline_main_job.py"
+
+
+@pytest.mark.slow
+def test_offline_main_job_end_to_end(tmp_path):
+    """README's main job at toy scale: default backbone from PyPI, Fashion-MNIST from Debian, stock pipeline."""
+    from peft_vision_lora.offline.fashion_mnist import DEBIAN_DIR
+
+    pytest.importorskip("onnxruntime", reason="the default backbone needs the [onnx] extra")
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip(f"{DEBIAN_DIR} missing: apt-get install dataset-fashion-mnist (make test does)")
+    out = tmp_path / "main-job"
+    flags = ["--per_class_train", "4", "--per_class_test", "2", "--num_examples", "3", "--max_steps", "2"]
+    command = [sys.executable, str(MAIN_JOB), "--output_dir", str(out), "--image_size", "28", *flags, "--disable_tqdm"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"Fashion-MNIST test top-1 {metrics['test']['top1_accuracy']:.4f}" in result.stdout
+    predictions = [line for line in result.stdout.splitlines() if line.startswith("test-")]
+    assert len(predictions) == 3 and all("predicted" in line for line in predictions)
+    names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert all(any(name in line.split("predicted")[1] for name in names) for line in predictions)
+    card = (out / "README.md").read_text()
+    assert "examples/offline_main_job.py" in card and "vit-small-patch14-dinov2-imgfocus" in card
