@@ -35,7 +35,6 @@ DEFAULT_FLAGS = [
     "--per_device_train_batch_size", "32",
     "--learning_rate", "2e-3",
     "--head_lr", "2e-2",
-    "--eval_strategy", "no",
     "--save_strategy", "no",
 ]  # fmt: skip
 
