@@ -39,18 +39,28 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | Path
     return Path(path)
 
 
+# Past this many classes tick labels are unreadable and the figure would grow without bound (NABirds has 555).
+MAX_LABELLED_CLASSES = 60
+MAX_FIGURE_INCHES = 20.0
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrix (rows: true class), with the raw counts written in small matrices."""
+    """Row-normalised confusion matrix (rows: true class), with the raw counts written in small matrices.
+
+    The figure is capped at ``MAX_FIGURE_INCHES``; above ``MAX_LABELLED_CLASSES`` classes the axes show class
+    indices instead of names (``metrics.json`` keeps the full per-class table).
+    """
     counts = np.asarray(matrix, dtype=np.int64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.45 * len(labels) + 2)
+    size = min(MAX_FIGURE_INCHES, max(4.0, 0.45 * len(labels) + 2))
     fig = Figure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, label="fraction of the true class")
-    ticks = np.arange(len(labels))
-    ax.set_xticks(ticks, labels, rotation=90)
-    ax.set_yticks(ticks, labels)
+    if len(labels) <= MAX_LABELLED_CLASSES:
+        ticks = np.arange(len(labels))
+        ax.set_xticks(ticks, labels, rotation=90)
+        ax.set_yticks(ticks, labels)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
     if len(labels) <= 20:
         for i, j in np.ndindex(counts.shape):
