@@ -186,6 +186,15 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward (non-reentrant) to save memory."}
     )
+    cache_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Linear probe: run the frozen backbone once per split and train the head on the cached features. "
+            "Training features then use the eval transform (no random crop or flip: augmented features would differ "
+            "every epoch). --auto_augment, Mixup and CutMix need images and turn caching off; so does "
+            "--no_cache_features. Ignored by lora and full."
+        },
+    )
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (through Accelerate)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with loss scaling (GPU)."})
     eval_strategy: Literal["no", "steps", "epoch"] | None = field(

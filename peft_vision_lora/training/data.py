@@ -65,7 +65,7 @@ class TrainData:
 
     loader: DataLoader
     sampler: EpochShuffleSampler
-    transforms: ImageTransforms
+    transforms: ImageTransforms | None  # None: batches of cached features
     mixup: MixupCutmix | None
 
     def set_epoch(self, epoch: int) -> None:

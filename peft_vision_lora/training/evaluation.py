@@ -56,6 +56,11 @@ def compute_metrics(logits: torch.Tensor, references: torch.Tensor, labels: Sequ
     return results
 
 
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The forward arguments of a batch: everything but the labels (``pixel_values``, or cached ``features``)."""
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -69,7 +74,7 @@ def evaluate_model(
     model.eval()
     all_logits, all_refs = [], []
     for batch in dataloader:
-        logits = model(pixel_values=batch["pixel_values"], **(forward_kwargs or {})).logits
+        logits = model(**model_inputs(batch), **(forward_kwargs or {})).logits
         logits, refs = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         all_logits.append(logits.cpu())
         all_refs.append(refs.cpu())

@@ -41,9 +41,10 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
-from .evaluation import evaluate_model
+from .evaluation import evaluate_model, model_inputs
+from .features import FeatureClassifier, extract_features, feature_eval_loader, feature_train_data
 from .hub import push_to_hub
-from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs
+from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
 
@@ -128,9 +129,13 @@ class Trainer:
         self._build_model()
         self._build_dataloaders()
         self._build_optimization()
-        self.model, self.optimizer, self.train_loader, *loaders = self.accelerator.prepare(
-            self.model, self.optimizer, self.train_data.loader, *self.eval_loaders.values()
+        # step_model is what forward and backward run: the model itself, or only its head on cached features.
+        # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
+        self.step_model, self.optimizer, self.train_loader, *loaders = self.accelerator.prepare(
+            self.step_model, self.optimizer, self.train_data.loader, *self.eval_loaders.values()
         )
+        if not self.cached:
+            self.model = self.step_model
         self.eval_loaders = dict(zip(self.eval_loaders, loaders))
         self.state = TrainerState(labels=self.labels, batches_per_epoch=self.batches_per_epoch)
         self.last_checkpoint = self.resume
@@ -178,6 +183,7 @@ class Trainer:
         )
         eval_tf = ImageTransforms.from_processor(self.processor, train=False)
         self.forward_kwargs = forward_kwargs(self.model, train_tf.preprocessing.size[0])
+        self.step_model, self.cached, self.features_runtime = self.model, self._use_feature_cache(), 0.0
         self.mixup = None
         if self.data_args.mixup_alpha > 0 or self.data_args.cutmix_alpha > 0:
             self.mixup = MixupCutmix(
@@ -210,6 +216,56 @@ class Trainer:
             for split in (self.eval_split, self.test_split)
             if split
         }
+        if self.cached:
+            self._cache_features(eval_tf)
+
+    def _use_feature_cache(self) -> bool:
+        """Whether this run is a linear probe on cached features (see ``--cache_features``)."""
+        if self.model_args.method != "linear" or not self.args.cache_features:
+            return False
+        data_args = self.data_args
+        image_only = {
+            "--auto_augment": data_args.auto_augment,
+            "--mixup_alpha": data_args.mixup_alpha,
+            "--cutmix_alpha": data_args.cutmix_alpha,
+        }
+        if any(image_only.values()):
+            logger.info(
+                "Linear probe on images, features not cached: %s augment images.",
+                ", ".join(name for name, value in image_only.items() if value),
+                main_process_only=True,
+            )
+            return False
+        return True
+
+    def _cache_features(self, eval_tf: ImageTransforms) -> None:
+        """Replace the image loaders by loaders of backbone features, computed once per split (eval transform)."""
+        args, accelerator, started = self.args, self.accelerator, time.perf_counter()
+        batch_size = args.per_device_eval_batch_size * accelerator.num_processes
+        head = head_module(self.model)
+        self.model.to(accelerator.device)
+        splits = {"train": self.data["train"], **{split: self.data[split] for split in self.eval_loaders}}
+        cached = {}
+        for split, dataset in splits.items():
+            images = accelerator.prepare(
+                eval_dataloader(dataset, eval_tf, global_batch_size=batch_size, num_workers=args.dataloader_num_workers)
+            )
+            cached[split] = extract_features(self.model, head, images, accelerator, self.forward_kwargs)
+        self.train_data = feature_train_data(
+            cached.pop("train"), global_batch_size=self.train_data.loader.batch_size, seed=args.seed
+        )
+        self.eval_loaders = {
+            split: feature_eval_loader(ds, global_batch_size=batch_size) for split, ds in cached.items()
+        }
+        self.step_model, self.forward_kwargs = FeatureClassifier(head), {}
+        self.features_runtime = time.perf_counter() - started
+        logger.info(
+            "Linear probe on cached features: %d-dim features of %s computed in %.1fs.",
+            self.train_data.loader.dataset.features.shape[-1],
+            ", ".join(splits),
+            self.features_runtime,
+            main_process_only=True,
+        )
 
     def _build_optimization(self) -> None:
         args = self.args
@@ -267,7 +323,7 @@ class Trainer:
             disable=args.disable_tqdm or not accelerator.is_local_main_process,
         )
         self._loss_sum, self._loss_count = torch.zeros((), device=accelerator.device), 0
-        self.model.train()
+        self.step_model.train()
         while state.global_step < self.total_steps:
             self.train_data.set_epoch(state.epoch)
             self.train_loader.set_epoch(state.epoch)
@@ -293,8 +349,8 @@ class Trainer:
     def _training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Forward and backward one batch; returns the gradient norm when it completed an optimizer step."""
         args, accelerator, grad_norm = self.args, self.accelerator, None
-        with accelerator.accumulate(self.model):
-            logits = self.model(pixel_values=batch["pixel_values"], **self.forward_kwargs).logits
+        with accelerator.accumulate(self.step_model):
+            logits = self.step_model(**model_inputs(batch), **self.forward_kwargs).logits
             # With Mixup/CutMix the labels are soft targets that already carry the label smoothing.
             smoothing = 0.0 if self.mixup else args.label_smoothing
             loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=smoothing)
@@ -302,7 +358,7 @@ class Trainer:
                 raise NonFiniteLossError(self._stop_message(f"Training loss is {loss.item()}"))
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+                grad_norm = accelerator.clip_grad_norm_(self.step_model.parameters(), args.max_grad_norm or math.inf)
                 # Under fp16 the grad scaler skips steps with inf gradients by design.
                 if not args.fp16 and not torch.isfinite(grad_norm):
                     raise NonFiniteLossError(self._stop_message(f"Gradient norm is {grad_norm.item()}"))
@@ -376,7 +432,9 @@ class Trainer:
         )
 
     def _evaluate(self, split: str) -> dict[str, Any]:
-        return evaluate_model(self.model, self.eval_loaders[split], self.accelerator, self.labels, self.forward_kwargs)
+        return evaluate_model(
+            self.step_model, self.eval_loaders[split], self.accelerator, self.labels, self.forward_kwargs
+        )
 
     def _validate(self) -> None:
         """Evaluate on the eval split, log it, and keep the weights if they are the best so far (validation only)."""
@@ -420,6 +478,8 @@ class Trainer:
                 "runtime_s": round(runtime, 2),
             },
         }
+        if self.cached:  # the one backbone pass per split, before training started
+            results["train"]["feature_cache_s"] = round(self.features_runtime, 2)
         # "eval" is always the validation split; without one, the split watched during training was the test split.
         if self.eval_split == "validation":
             results["eval"] = self.eval_metrics

@@ -1,0 +1,109 @@
+"""Linear probe on cached features: the frozen backbone runs once per split, the head trains on its outputs.
+
+A linear probe only trains the classification head, so every epoch would otherwise recompute the same backbone
+forward pass for each image. The features are the head's exact input (ViT: the final-layernormed CLS token,
+DINOv2: CLS and mean patch token concatenated, CLIP: the pooled output), captured generically by a forward
+pre-hook on the head module, so the head trained on them is the head of the full classifier.
+
+Caching is exact only for a deterministic transform: with random augmentation every epoch would see other
+features. Cached training features therefore use the *eval* transform (no random crop, no flip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .data import TrainData
+from .sampler import EpochShuffleSampler
+
+FEATURES_KEY = "features"
+
+
+class FeatureDataset(Dataset):
+    """Cached features and their labels, as ``{"features", "labels"}`` samples."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels.")
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {FEATURES_KEY: self.features[index], "labels": self.labels[index]}
+
+
+class FeatureClassifier(nn.Module):
+    """The classification head alone, called on cached features.
+
+    It holds the head module itself (not a copy), so training it trains the full classifier's head.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> ImageClassifierOutput:
+        return ImageClassifierOutput(logits=self.head(features))
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    head: nn.Module,
+    dataloader: DataLoader,
+    accelerator: Accelerator,
+    forward_kwargs: dict[str, Any] | None = None,
+) -> FeatureDataset:
+    """Run ``model`` over ``dataloader`` (in eval mode) and keep what ``head`` receives, with the labels.
+
+    The loader may be sharded by Accelerate: the features of all processes are gathered, in dataset order, so every
+    process holds the whole split.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise TypeError(f"{type(module).__name__} head was not called with a tensor: cannot cache its input.")
+        captured.append(args[0].detach())
+
+    was_training = model.training
+    model.eval()
+    hook = head.register_forward_pre_hook(capture)
+    features, labels = [], []
+    try:
+        for batch in dataloader:
+            with accelerator.autocast():
+                model(pixel_values=batch["pixel_values"], **(forward_kwargs or {}))
+            batch_features, batch_labels = accelerator.gather_for_metrics((captured.pop().float(), batch["labels"]))
+            features.append(batch_features.cpu())
+            labels.append(batch_labels.cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return FeatureDataset(torch.cat(features), torch.cat(labels))
+
+
+def feature_train_data(dataset: FeatureDataset, *, global_batch_size: int, seed: int) -> TrainData:
+    """Training batches of cached features: the same order, batch count and dropped last batch as the image
+    loader of :func:`peft_vision_lora.training.data.train_dataloader` over the same split."""
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=global_batch_size,
+        sampler=sampler,
+        drop_last=len(dataset) >= global_batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return TrainData(loader, sampler, transforms=None, mixup=None)
+
+
+def feature_eval_loader(dataset: FeatureDataset, *, global_batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=global_batch_size, shuffle=False, generator=torch.Generator())
