@@ -20,7 +20,7 @@ from ..architectures import DEFAULT_PRESET, NORMALIZATIONS, PRESETS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
-DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 5e-5, "linear": 1e-3}
+DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 5e-5, "linear": 1e-2}
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 STRATEGIES = ("no", "steps", "epoch")
 
