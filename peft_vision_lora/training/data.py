@@ -74,6 +74,25 @@ class TrainData:
                 part.set_epoch(epoch)
 
 
+def seeded_train_loader(
+    dataset: Any, *, global_batch_size: int, seed: int, **loader_kwargs: Any
+) -> tuple[DataLoader, EpochShuffleSampler]:
+    """A loader in a seeded order per epoch; the last incomplete batch is dropped unless the split is smaller than one
+    batch. Shared by the image and the cached-feature loaders so both see the same order and batch count."""
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=global_batch_size,
+        sampler=sampler,
+        drop_last=len(dataset) >= global_batch_size,
+        # Its own generator, so creating an iterator (which draws worker seeds) never advances the global RNG that
+        # dropout uses: a resumed run creates one more iterator than an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+        **loader_kwargs,
+    )
+    return loader, sampler
+
+
 def train_dataloader(
     data: DatasetDict,
     transforms: ImageTransforms,
@@ -88,17 +107,8 @@ def train_dataloader(
     The last incomplete batch is dropped, unless the split is smaller than one batch.
     """
     dataset = transforms.attach(data["train"])
-    sampler = EpochShuffleSampler(len(dataset), seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=global_batch_size,
-        sampler=sampler,
-        drop_last=len(dataset) >= global_batch_size,
-        num_workers=num_workers,
-        collate_fn=mixup,
-        # Its own generator, so creating an iterator (which draws worker seeds) never advances the global RNG that
-        # dropout uses: a resumed run creates one more iterator than an uninterrupted one.
-        generator=torch.Generator().manual_seed(seed),
+    loader, sampler = seeded_train_loader(
+        dataset, global_batch_size=global_batch_size, seed=seed, num_workers=num_workers, collate_fn=mixup
     )
     return TrainData(loader, sampler, transforms, mixup)
 

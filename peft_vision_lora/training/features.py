@@ -19,8 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .data import TrainData
-from .sampler import EpochShuffleSampler
+from .data import TrainData, seeded_train_loader
 
 FEATURES_KEY = "features"
 
@@ -94,14 +93,7 @@ def extract_features(
 def feature_train_data(dataset: FeatureDataset, *, global_batch_size: int, seed: int) -> TrainData:
     """Training batches of cached features: the same order, batch count and dropped last batch as the image
     loader of :func:`peft_vision_lora.training.data.train_dataloader` over the same split."""
-    sampler = EpochShuffleSampler(len(dataset), seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=global_batch_size,
-        sampler=sampler,
-        drop_last=len(dataset) >= global_batch_size,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader, sampler = seeded_train_loader(dataset, global_batch_size=global_batch_size, seed=seed)
     return TrainData(loader, sampler, transforms=None, mixup=None)
 
 
