@@ -12,16 +12,27 @@ from .multi_adapter import MultiAdapterClassifier
 from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
 from .processing import load_image_processor
 from .registration import VisionLoraForImageClassification, register
-from .training import (
-    DataArguments,
-    HubPushError,
-    ModelArguments,
-    NonFiniteLossError,
-    TrainingArguments,
-    parse_args,
-    push_to_hub,
-    train,
-)
+
+# The training stack (accelerate, evaluate, matplotlib) loads on first use, so inference-only imports stay light.
+_TRAINING_NAMES = {
+    "DataArguments",
+    "HubPushError",
+    "ModelArguments",
+    "NonFiniteLossError",
+    "TrainingArguments",
+    "parse_args",
+    "push_to_hub",
+    "train",
+}
+
+
+def __getattr__(name: str):
+    if name in _TRAINING_NAMES:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
