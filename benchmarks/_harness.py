@@ -61,10 +61,36 @@ def reset_peak_rss() -> float:
     return before
 
 
+def tensor_peak_mb(fn: Callable[[], Any], resident: Iterable[Any]) -> float:
+    """Peak MiB of live tensors while ``fn()`` runs: the CPU analogue of ``torch.cuda.max_memory_allocated``.
+
+    ``resident`` are the tensors alive before the call (weights, buffers, optimizer state, inputs), counted once per
+    storage; the profiler's allocator trace adds what ``fn`` allocates (activations, gradients, temporaries). Unlike
+    peak RSS this does not depend on what the C allocator keeps mapped after a free, so it is the figure a device
+    run would report.
+    """
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    storages = {}
+    for tensor in resident:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return (sum(storages.values()) + max(totals, default=0)) / 2**20
+
+
 def child_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
     """Run ``work(config)`` if this process is a worker; return whether it was one.
 
-    ``work`` returns its metrics; the peak RSS measured after it returns is added as ``peak_rss_mb``.
+    ``work`` returns its metrics; unless it measured ``peak_rss_mb`` itself, the peak RSS after it returns is added.
     """
     if "--child" not in sys.argv:
         return False
@@ -73,7 +99,7 @@ def child_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
 
     torch.set_num_threads(config.get("threads", 2))
     result = work(config)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return True
 
@@ -191,6 +217,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        # glibc malloc tunables change peak RSS (not tensor memory): record them with the figures.
+        "allocator_env": {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")},
     }
 
 
@@ -198,7 +226,7 @@ def format_machine(info: dict[str, Any]) -> str:
     return (
         f"Machine: {info['cpu']}, {info['cores']} cores ({info['threads_per_worker']} torch threads per worker); "
         f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}; "
-        f"{info['date']}."
+        f"{info['date']}." + (f" Allocator: {info['allocator_env']}." if info.get("allocator_env") else "")
     )
 
 

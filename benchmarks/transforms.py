@@ -74,8 +74,11 @@ def candidates(resample: str) -> dict[str, Callable[[list[str], int], object]]:
     ):
         transforms = ImageTransforms(preprocessing, train=train, options=options)
         runs[name] = lambda paths, start, t=transforms: t(
-            {"image": [{"path": p, "bytes": None} for p in paths], "label": [0] * len(paths),
-             "index": list(range(start, start + len(paths)))}
+            {
+                "image": [{"path": p, "bytes": None} for p in paths],
+                "label": [0] * len(paths),
+                "index": list(range(start, start + len(paths))),
+            }
         )
     return runs
 
@@ -87,8 +90,10 @@ def check_outputs(runs: dict[str, Callable[[list[str], int], object]], paths: li
         pixel_values = run(paths, 0)["pixel_values"]
         wanted = torch.uint8 if "uint8" in name else expected.dtype
         if pixel_values.shape != expected.shape or pixel_values.dtype != wanted:
-            raise SystemExit(f"{name} gives {tuple(pixel_values.shape)} {pixel_values.dtype}, expected "
-                             f"{tuple(expected.shape)} {wanted}")
+            raise SystemExit(
+                f"{name} gives {tuple(pixel_values.shape)} {pixel_values.dtype}, expected "
+                f"{tuple(expected.shape)} {wanted}"
+            )
 
 
 def main() -> None:
@@ -124,23 +129,36 @@ def main() -> None:
     }
     machine = machine_info(threads=1)
     print(format_machine(machine))
-    print(f"{len(paths)} JPEGs ({', '.join(f'{w}x{h}' for w, h in sizes)}) -> 224x224 float32 ({args.resample}), "
-          f"batch {args.batch_size}, best of {args.repeats} round(s)\n")
-    print(markdown_table(["pipeline", "images/s", "vs processor"],
-                         [(name, f"{value:.1f}", f"{value / rates[BASELINE]:.2f}x") for name, value in rates.items()]))
+    print(
+        f"{len(paths)} JPEGs ({', '.join(f'{w}x{h}' for w, h in sizes)}) -> 224x224 float32 ({args.resample}), "
+        f"batch {args.batch_size}, best of {args.repeats} round(s)\n"
+    )
+    print(
+        markdown_table(
+            ["pipeline", "images/s", "vs processor"],
+            [(name, f"{value:.1f}", f"{value / rates[BASELINE]:.2f}x") for name, value in rates.items()],
+        )
+    )
     verdict = {True: "met", False: "NOT met"}
-    print(f"\ntrain transform / ViTImageProcessor (target >= {TARGET:.0f}x): {ratio['single_thread']:.2f}x "
-          f"single-threaded ({verdict[ratio['single_thread'] >= TARGET]}), {ratio['default_threads']:.2f}x with the "
-          f"default threads ({verdict[ratio['default_threads'] >= TARGET]})")
-    write_json(args.json, {
-        "machine": machine,
-        "images": len(paths),
-        "resample": args.resample,
-        "sizes": [list(size) for size in sizes],
-        "rows": [{"pipeline": name, "images_per_s": value, "vs_processor": value / rates[BASELINE]}
-                 for name, value in rates.items()],
-        "ratio": ratio,
-    })
+    print(
+        f"\ntrain transform / ViTImageProcessor (target >= {TARGET:.0f}x): {ratio['single_thread']:.2f}x "
+        f"single-threaded ({verdict[ratio['single_thread'] >= TARGET]}), {ratio['default_threads']:.2f}x with the "
+        f"default threads ({verdict[ratio['default_threads'] >= TARGET]})"
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine,
+            "images": len(paths),
+            "resample": args.resample,
+            "sizes": [list(size) for size in sizes],
+            "rows": [
+                {"pipeline": name, "images_per_s": value, "vs_processor": value / rates[BASELINE]}
+                for name, value in rates.items()
+            ],
+            "ratio": ratio,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,16 @@ def test_train_step_quick(tmp_path):
         assert row["checkpointing"] and row["precision"] == "bf16"
         assert 0 < row["step_s"]["min"] <= row["step_s"]["median"] <= row["step_s"]["max"]
         assert row["peak_rss_mb"]["median"] > row["baseline_rss_mb"]["median"] > 0
+    # Full fine-tuning holds weights, gradients and two AdamW moments at once at the optimizer step: the tensor
+    # peak (profiler) must see at least that; LoRA needs no full-size gradient or optimizer state.
+    assert rows["full"]["tensor_peak_mb"]["min"] >= 4 * rows["full"]["total_params"] * 4 / 2**20
+    assert rows["lora"]["tensor_peak_mb"]["max"] < rows["full"]["tensor_peak_mb"]["min"]
     (ratio,) = result["ratios"]
     assert ratio["lora_full_time"] == pytest.approx(rows["lora"]["step_s"]["median"] / rows["full"]["step_s"]["median"])
     assert ratio["memory_target"] == 0.45 and isinstance(ratio["memory_met"], bool)
+    assert ratio["lora_full_tensor_peak"] == pytest.approx(
+        rows["lora"]["tensor_peak_mb"]["median"] / rows["full"]["tensor_peak_mb"]["median"]
+    )
     printed = table_rows(stdout, "model")
     assert [row[1] for row in printed] == ["lora", "full"]
     assert float(printed[0][5].split()[0]) == pytest.approx(rows["lora"]["step_s"]["median"], abs=1e-3)
