@@ -1,6 +1,6 @@
 """Inference throughput and serving memory: base, LoRA unmerged and merged, the pipeline, 4 adapters on 1 backbone.
 
-At batch 8, 224 px, on the shared ViT-S/14 (and ViT-B/16 geometry with random weights, ``--models vit-b16``):
+At batch 8, 224 px, on the shared ViT-S/14 and on ViT-B/16 geometry with random weights (``--models`` picks):
 
 - images/s of the base classifier, the LoRA model unmerged (``load_model``) and merged (``load_model(merge=True)``);
 - ``pipeline("image-classification", model=<adapter folder>)`` on 8 PIL images end to end against a bare forward of
@@ -9,7 +9,7 @@ At batch 8, 224 px, on the shared ViT-S/14 (and ViT-B/16 geometry with random we
 
 Every configuration runs in its own subprocess, in A B A B order; see ``_harness``.
 
-    python benchmarks/inference.py                   # about 5 minutes on 2 cores
+    python benchmarks/inference.py                   # about 15 minutes on 2 cores
     python benchmarks/inference.py --quick           # tiny random model: a smoke run
 """
 
@@ -183,7 +183,7 @@ def make_random_vit(folder: Path, quick: bool) -> str:
 
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=["vit-s14", "vit-b16"], default=["vit-s14"])
+    parser.add_argument("--models", nargs="+", choices=["vit-s14", "vit-b16"], default=["vit-s14", "vit-b16"])
     parser.add_argument("--batches", type=int, default=None, help="timed batches per worker")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()

@@ -7,8 +7,9 @@ linear probe's one-off feature caching is counted), so the time to target is the
 top-1 was first >= ``--target``. Recipes:
 
 - ``default``: the package defaults (LoRA qkv r=8, alpha 16, lr 1e-3, cosine, 10% warmup, batch 16,
-  random-resized-crop + flip), at ``--image_size``;
-- ``bf16``: the same with bf16 autocast (LoRA/head weights and AdamW stay fp32);
+  random-resized-crop + flip, bf16 autocast where the CPU has bf16 units), at ``--image_size``;
+- ``fp32`` / ``bf16``: the same with the precision forced (under bf16 autocast LoRA/head weights and AdamW stay
+  fp32); on a CPU with bf16 units ``bf16`` is ``default``, so only ``fp32`` runs unless asked for;
 - ``compile``: the same with ``torch.compile`` (Accelerate's dynamo backend ``inductor``);
 - ``size-<N>``: the same at another image size (``--other_size``);
 - ``peft-example``: the recipe of PEFT's image-classification example run through our script: LoRA r=16, alpha 16,
@@ -41,11 +42,11 @@ from _harness import (
     write_json,
 )
 
-RECIPES = ("default", "bf16", "compile", "size", "peft-example", "linear", "full")
+RECIPES = ("default", "fp32", "bf16", "compile", "size", "peft-example", "linear", "full")
 QUICK_RECIPES = ("default", "linear")
 PEFT_EXAMPLE_FLAGS = [
     "--preset", "qv", "--r", "16", "--lora_alpha", "16", "--lora_dropout", "0.1", "--learning_rate", "5e-3",
-    "--min_crop_scale", "1", "--hflip", "0",
+    "--min_crop_scale", "1", "--hflip", "0", "--bf16", "false",
 ]  # fmt: skip
 
 
@@ -96,6 +97,7 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
         "images_per_s": images / train_s,
         "best_window_images_per_s": best_window_rate(trainer.curve, trainer.global_batch_size),
         "final_top1": results["test"]["top1_accuracy"],
+        "mixed_precision": results["mixed_precision"],
         "total_steps": trainer.total_steps,
         "feature_cache_s": trainer.features_runtime,
     }
@@ -167,7 +169,8 @@ def recipes(args: Any, model: Path, data: Path) -> list[dict[str, Any]]:
     common += ["--num_train_epochs", str(args.epochs), "--eval_steps", str(args.eval_steps), "--seed", "0"]
     flags = {
         "default": ["--image_size", size],
-        "bf16": ["--image_size", size, "--bf16"],
+        "fp32": ["--image_size", size, "--bf16", "false"],
+        "bf16": ["--image_size", size, "--bf16", "true"],
         "compile": ["--image_size", size],
         "size": ["--image_size", str(args.other_size)],
         "peft-example": ["--image_size", size, *PEFT_EXAMPLE_FLAGS],
@@ -204,7 +207,16 @@ def main() -> None:
     for key, value in (quick if args.quick else defaults).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.recipes = args.recipes or list(QUICK_RECIPES if args.quick else RECIPES)
+    if not args.recipes and args.quick:
+        args.recipes = list(QUICK_RECIPES)
+    elif not args.recipes:
+        import torch
+
+        from peft_vision_lora.training.precision import native_bf16
+
+        # The forced precision that equals the default would run the same recipe twice.
+        same_as_default = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+        args.recipes = [recipe for recipe in RECIPES if recipe != same_as_default]
     repeats = args.repeats or 1
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,7 +235,7 @@ def main() -> None:
         failed = next((run["error"] for run in runs if "error" in run), None)
         if failed:
             rows.append({"name": config["name"], "recipe": config["recipe"], "flags": config["flags"], "error": failed})
-            table.append([config["name"], config["image_size"], f"failed: {failed}", "", "", "", "", ""])
+            table.append([config["name"], config["image_size"], "", f"failed: {failed}", "", "", "", "", ""])
             continue
         firsts = [first_reaching(run["curve"], args.target) for run in runs]
         reached = sorted((point["train_s"], point["step"]) for point in firsts if point is not None)
@@ -232,6 +244,7 @@ def main() -> None:
             "name": config["name"],
             "recipe": config["recipe"],
             "image_size": config["image_size"],
+            "mixed_precision": runs[0]["mixed_precision"],
             "flags": config["flags"],
             "time_to_target_s": middle[0],
             "steps_to_target": middle[1],
@@ -247,6 +260,7 @@ def main() -> None:
             [
                 config["name"],
                 config["image_size"],
+                row["mixed_precision"],
                 f"{first:.0f} (step {row['steps_to_target']})" if first is not None else "not reached",
                 f"{row['final_top1']:.3f}",
                 f"{row['train_s']:.0f}",
@@ -266,6 +280,7 @@ def main() -> None:
     headers = [
         "recipe",
         "px",
+        "precision",
         f"s to {args.target:.0%}",
         "final top-1",
         "train s",

@@ -28,8 +28,18 @@ REFERENCE = {
     "CLIP ViT-L/14 (reference)": ["90.96", "87.69", "86.57", "95.45", "92.30", "88.31", "90.21"],
 }
 # Small enough for a CPU: the configs' other options (epochs, learning rates, ...) stay as they are.
-TINY_RUN = ["--image_size", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
-            "--bf16", "false", "--dataloader_num_workers", "0"]
+TINY_RUN = [
+    "--image_size",
+    "32",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--bf16",
+    "false",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 def _load_fgvc():
@@ -122,9 +132,7 @@ def test_dry_run_prints_every_command_and_an_empty_table(data_root, tmp_path, ca
 
     launched = commands(stdout)
     assert len(launched) == 12
-    for command, (backbone, benchmark) in zip(
-        launched, [(m, d) for m in fgvc.BACKBONES for d in fgvc.BENCHMARKS]
-    ):
+    for command, (backbone, benchmark) in zip(launched, [(m, d) for m in fgvc.BACKBONES for d in fgvc.BENCHMARKS]):
         assert command[:2] == [sys.executable, str(REPO / "examples" / "train.py")]
         assert flag(command, "--model") == backbone.model_id
         assert flag(command, "--dataset") == str(data_root / benchmark.folder)
@@ -160,16 +168,32 @@ def test_missing_datasets_are_skipped_and_reported(tmp_path, capsys):
 
 def test_unknown_training_option_fails_before_any_run(data_root, tmp_path):
     with pytest.raises(ValueError, match="vit-b16 on cifar100: .*--no_such_option"):
-        fgvc.main(["--data_root", str(data_root), "--output_dir", str(tmp_path), "--num_processes", "1",
-                   "--no_such_option", "1"])
+        fgvc.main(
+            [
+                "--data_root",
+                str(data_root),
+                "--output_dir",
+                str(tmp_path),
+                "--num_processes",
+                "1",
+                "--no_such_option",
+                "1",
+            ]
+        )
     assert not any(tmp_path.iterdir())
 
 
 def test_a_failed_run_is_reported_with_its_log(tmp_path, capsys):
     backbone, benchmark = fgvc.BACKBONES[0], fgvc.BENCHMARKS[1]
     script = "import sys; print('CUDA out of memory'); sys.exit(3)"
-    run = fgvc.Run(backbone, benchmark, status="dry_run", run_dir=str(tmp_path / "run"), log=str(tmp_path / "x.log"),
-                   command=[sys.executable, "-c", script])
+    run = fgvc.Run(
+        backbone,
+        benchmark,
+        status="dry_run",
+        run_dir=str(tmp_path / "run"),
+        log=str(tmp_path / "x.log"),
+        command=[sys.executable, "-c", script],
+    )
     fgvc.launch(run)
     assert run.status == "failed" and run.top1 is None
     assert run.note == f"exit status 3, see {tmp_path / 'x.log'}"
@@ -180,8 +204,21 @@ def test_a_failed_run_is_reported_with_its_log(tmp_path, capsys):
 @pytest.mark.slow
 def test_trains_every_dataset_and_fills_the_table(data_root, tiny_vit, tmp_path, capsys):
     out = tmp_path / "runs"
-    argv = ["--data_root", str(data_root), "--output_dir", str(out), "--models", "vit-b16", "--num_processes", "1",
-            "--model_override", str(tiny_vit), "--max_steps", "2", *TINY_RUN]
+    argv = [
+        "--data_root",
+        str(data_root),
+        "--output_dir",
+        str(out),
+        "--models",
+        "vit-b16",
+        "--num_processes",
+        "1",
+        "--model_override",
+        str(tiny_vit),
+        "--max_steps",
+        "2",
+        *TINY_RUN,
+    ]
     assert fgvc.main(argv) == 0
     stdout = capsys.readouterr().out
 

@@ -63,8 +63,14 @@ def test_dinov2_to_vit_reproduces_dinov2(tiny_dinov2, tmp_path, image_size):
     """Layer scale folded, position grid resized (16 px: 6x6 -> 4x4): the stock ViT loader gives DINOv2's output."""
     dinov2, state = tiny_dinov2
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4,
-        image_size=image_size, layer_norm_eps=1e-6, qkv_bias=True,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=4,
+        image_size=image_size,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
     )
     write_vit_checkpoint(dinov2_to_vit(state, image_size=image_size), tmp_path, config)
     vit, info = ViTModel.from_pretrained(tmp_path, add_pooling_layer=False, output_loading_info=True)
@@ -278,9 +284,10 @@ def test_real_backbone_loads_with_stock_classes(real_backbone):
 @needs_shared
 def test_real_backbone_equals_shared_checkpoint(real_backbone):
     path, _ = real_backbone
-    with safe_open(str(path / "model.safetensors"), "pt") as ours, safe_open(
-        str(SHARED_BACKBONE / "model.safetensors"), "pt"
-    ) as shared:
+    with (
+        safe_open(str(path / "model.safetensors"), "pt") as ours,
+        safe_open(str(SHARED_BACKBONE / "model.safetensors"), "pt") as shared,
+    ):
         names = shared.keys()  # noqa: SIM118 (not a dict)
         assert set(ours.keys()) == set(names)  # noqa: SIM118
         diffs = {k: (ours.get_tensor(k) - shared.get_tensor(k)).abs().max().item() for k in names}
@@ -308,9 +315,11 @@ def test_real_photo_matches_onnxruntime(real_backbone):
     graph = onnx.load_model_from_string(backbone.read_onnx_from_wheel(wheel))
     expected = backbone._onnx_last_hidden_state(graph, pixel_values.astype(np.float32), onnxruntime)
     with torch.no_grad():
-        actual = ViTModel.from_pretrained(path, add_pooling_layer=False).eval()(
-            pixel_values=torch.from_numpy(pixel_values)
-        ).last_hidden_state.numpy()
+        actual = (
+            ViTModel.from_pretrained(path, add_pooling_layer=False)
+            .eval()(pixel_values=torch.from_numpy(pixel_values))
+            .last_hidden_state.numpy()
+        )
     diff = float(np.abs(actual - expected).max())
     print(f"max |ViT - onnxruntime| on {photo.name}: {diff:.2e}")
     assert diff <= 1e-4

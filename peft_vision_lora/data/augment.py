@@ -66,8 +66,10 @@ def _space(policy: str, size: tuple[int, int]) -> _Space:
         "TranslateY": np.linspace(0.0, 32.0 if wide else 150.0 / 331.0 * size[1], NUM_BINS),
         "Rotate": np.linspace(0.0, 135.0 if wide else 30.0, NUM_BINS),
     }
-    color = {name: np.linspace(0.0, 0.99 if wide else 0.9, NUM_BINS) for name in ("Brightness", "Color", "Contrast",
-                                                                             "Sharpness")}
+    color = {
+        name: np.linspace(0.0, 0.99 if wide else 0.9, NUM_BINS)
+        for name in ("Brightness", "Color", "Contrast", "Sharpness")
+    }
     magnitudes = {
         "Identity": np.zeros(NUM_BINS),
         **geometric,

@@ -181,8 +181,12 @@ def read_imagefolder(root: Path) -> DatasetDict:
         files[split] = {c.name: _image_files(c) for c in _visible_dirs(split_dir)}
         loose = [f.name for f in split_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
         if loose:
-            logger.warning("Ignored %d image(s) in %s that are not in a class folder, e.g. %s", len(loose), split_dir,
-                           sorted(loose)[0])
+            logger.warning(
+                "Ignored %d image(s) in %s that are not in a class folder, e.g. %s",
+                len(loose),
+                split_dir,
+                sorted(loose)[0],
+            )
     all_classes = sorted({c for per_split in files.values() for c in per_split})
     names = [c for c in all_classes if any(files[s].get(c) for s in files)]
     empty = [c for c in all_classes if c not in names]
@@ -400,8 +404,9 @@ def read_stanford_cars(root: Path) -> DatasetDict:
     splits = {"train": _cars_split(root, _cars_file(root, "cars_train_annos.mat"), "cars_train", len(names))}
     test_annos = _cars_file(root, "cars_test_annos_withlabels.mat")
     if test_annos is None:
-        logger.warning("%s has no cars_test_annos_withlabels.mat (the devkit's test file has no labels): no test "
-                       "split", root)
+        logger.warning(
+            "%s has no cars_test_annos_withlabels.mat (the devkit's test file has no labels): no test split", root
+        )
     else:
         splits["test"] = _cars_split(root, test_annos, "cars_test", len(names))
     return _dataset_dict(splits, names)

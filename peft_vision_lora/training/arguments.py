@@ -195,7 +195,17 @@ class TrainingArguments:
             "--no_cache_features. Ignored by lora and full."
         },
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (through Accelerate)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 autocast; weights, their gradients and the optimizer stay fp32. Default: on where the "
+            "hardware computes bf16 natively (GPUs with bf16, CPUs with AVX-512 BF16 or AMX), unless `accelerate "
+            "launch --mixed_precision` chose; --bf16 false forces fp32.",
+            # A bare --bf16 still means true (HfArgumentParser gives this only to bool fields with a default).
+            "nargs": "?",
+            "const": True,
+        },
+    )
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with loss scaling (GPU)."})
     eval_strategy: Literal["no", "steps", "epoch"] | None = field(
         default=None,
@@ -265,10 +275,6 @@ class TrainingArguments:
             if getattr(self, f"{kind}_strategy") == "steps" and not getattr(self, f"{kind}_steps"):
                 raise ValueError(f"--{kind}_strategy steps needs --{kind}_steps N.")
 
-    @property
-    def mixed_precision(self) -> str:
-        return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
-
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -304,8 +310,10 @@ def to_command(*args: Any, prog: str = "peft-vision-lora train") -> str:
             default = f.default if f.default is not dataclasses.MISSING else object()
             if value == default or value is None:
                 continue
-            if isinstance(value, bool):
+            if isinstance(value, bool) and f.default is not None:
                 words.append(f"--{f.name}" if value else f"--no_{f.name}")
+            elif isinstance(value, bool):  # a tri-state flag (None: decided at run time) takes a value
+                words += [f"--{f.name}", str(value).lower()]
             else:
                 words += [f"--{f.name}", str(value)]
     return shlex.join(words)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 
@@ -47,6 +47,7 @@ from .hub import push_to_hub
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
+from .precision import resolve_mixed_precision
 
 logger = get_logger(__name__)
 
@@ -84,6 +85,11 @@ def train(
     return Trainer(model_args, data_args, training_args, dataset=dataset, command=command).train()
 
 
+def launch_device() -> torch.device:
+    """The device the Accelerator is about to use: its process state (a shared singleton) built as it builds it."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
 class Trainer:
     """One run: everything is built (and checked) in the constructor, :meth:`train` does the rest."""
 
@@ -100,7 +106,7 @@ class Trainer:
         self.output_dir = Path(training_args.output_dir)
         self.command = command or to_command(model_args, data_args, training_args)
         self.accelerator = Accelerator(
-            mixed_precision=training_args.mixed_precision,
+            mixed_precision=resolve_mixed_precision(training_args, launch_device()),
             gradient_accumulation_steps=training_args.gradient_accumulation_steps,
             # The dataloader yields global batches and each process takes its slice: every step sees the same
             # samples for any number of processes, and so the result is the same (up to float reduction order).
@@ -470,6 +476,7 @@ class Trainer:
             "dataset": self.source_name,
             "labels": self.labels,
             "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
             "global_train_batch_size": self.global_batch_size,
             "total_steps": self.total_steps,
             "best_step": state.best_step if state.best_step is not None else state.global_step,

@@ -57,7 +57,9 @@ def write_bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
     """A 100-byte PNG whose header claims ``width`` x ``height`` pixels (over PIL's decompression-bomb limit)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + _png_chunk(b"IEND", b"")
     )
     return path
@@ -77,8 +79,13 @@ def write_junk_folder(root: Path) -> dict[str, list[str]]:
     (cat / "text.jpg").write_text("this is not an image\n")
     write_bomb_png(cat / "bomb.png")
     (root / "test" / "dog" / "zero.png").write_bytes(b"")
-    bad += ["train/cat/zero.jpg", "train/cat/truncated.jpg", "train/cat/text.jpg", "train/cat/bomb.png",
-            "test/dog/zero.png"]
+    bad += [
+        "train/cat/zero.jpg",
+        "train/cat/truncated.jpg",
+        "train/cat/text.jpg",
+        "train/cat/bomb.png",
+        "test/dog/zero.png",
+    ]
     rgba = np.zeros((16, 16, 4), dtype=np.uint8)
     rgba[..., 0] = 255
     rgba[:8, :, 3] = 255  # top half opaque red, bottom half fully transparent
@@ -91,8 +98,9 @@ def write_junk_folder(root: Path) -> dict[str, list[str]]:
     Image.fromarray(np.full((12, 10), 65535 // 2, dtype=np.uint16)).save(cat / "gray16.png")
     Image.new("RGB", (1, 1), (10, 20, 30)).save(cat / "one_pixel.png")
     write_exif_rotated(cat / "rotated.jpg", quadrants())
-    good += [f"train/cat/{n}" for n in ("alpha.png", "palette.png", "cmyk.jpg", "gray16.png", "one_pixel.png",
-                                         "rotated.jpg")]
+    good += [
+        f"train/cat/{n}" for n in ("alpha.png", "palette.png", "cmyk.jpg", "gray16.png", "one_pixel.png", "rotated.jpg")
+    ]
     (cat / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(64))
     (cat / "Thumbs.db").write_bytes(bytes(128))
     (cat / "._0.jpg").write_bytes(b"\0\5\26\7AppleDouble")
@@ -229,8 +237,10 @@ def write_stanford_dogs(root: Path) -> Path:
                 labels.append(label)
         cells = np.empty((len(files), 1), dtype=object)
         cells[:, 0] = files
-        savemat(root / f"{split}_list.mat", {"file_list": cells, "annotation_list": cells,
-                                             "labels": np.array(labels, dtype=float)[:, None]})
+        savemat(
+            root / f"{split}_list.mat",
+            {"file_list": cells, "annotation_list": cells, "labels": np.array(labels, dtype=float)[:, None]},
+        )
     return root
 
 

@@ -71,8 +71,15 @@ def test_sources_of_every_kind_open(tmp_path):
     path = write_jpeg(tmp_path / "a.jpg", 20, 10)
     data = path.read_bytes()
     array = np.zeros((10, 20, 3), dtype=np.uint8)
-    for source in (path, str(path), data, {"path": str(path), "bytes": None}, {"path": None, "bytes": data}, array,
-                   Image.open(path)):
+    for source in (
+        path,
+        str(path),
+        data,
+        {"path": str(path), "bytes": None},
+        {"path": None, "bytes": data},
+        array,
+        Image.open(path),
+    ):
         assert open_image(source).size == (20, 10)
     assert describe({"path": None, "bytes": data}) == f"<{len(data)} bytes>"
     assert source_key({"path": str(path), "bytes": None}) == source_key(str(path))
@@ -150,8 +157,9 @@ def test_eval_decoding_is_exactly_transpose_resize_crop(orientation):
     photo(50, 36, seed=orientation).save(buffer, format="PNG", exif=exif)
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))
     expected = np.asarray(upright.resize((30, 24), Image.Resampling.BICUBIC).crop((3, 2, 23, 18)))
-    out = decode_resized(Image.open(io.BytesIO(buffer.getvalue())), (30, 24), Image.Resampling.BICUBIC,
-                         crop=(3, 2, 23, 18))
+    out = decode_resized(
+        Image.open(io.BytesIO(buffer.getvalue())), (30, 24), Image.Resampling.BICUBIC, crop=(3, 2, 23, 18)
+    )
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
@@ -189,8 +197,9 @@ def test_draft_scale_is_the_smallest_that_keeps_the_output_resolution(tmp_path, 
 
 
 @pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
-@pytest.mark.parametrize("box, size", [((7, 11, 407, 311), (96, 80)), ((3, 2, 40, 30), (64, 48))],
-                         ids=["downscale", "upscale"])
+@pytest.mark.parametrize(
+    "box, size", [((7, 11, 407, 311), (96, 80)), ((3, 2, 40, 30), (64, 48))], ids=["downscale", "upscale"]
+)
 def test_resize_box_matches_pil(resample, box, size):
     image = photo(420, 320, seed=3)
     out = resize_box(image, box, size, resample).astype(int)
@@ -201,10 +210,13 @@ def test_resize_box_matches_pil(resample, box, size):
     assert np.abs(out - in_place)[2:-2, 2:-2].max() <= 2
     # Fractional boxes and other filters are PIL's own resize.
     fractional = (7.5, 11.25, 400.5, 300.0)
-    np.testing.assert_array_equal(resize_box(image, fractional, size, resample),
-                                  np.asarray(image.resize(size, resample, box=fractional)))
-    np.testing.assert_array_equal(resize_box(image, box, size, Image.Resampling.LANCZOS),
-                                  np.asarray(image.resize(size, Image.Resampling.LANCZOS, box=box)))
+    np.testing.assert_array_equal(
+        resize_box(image, fractional, size, resample), np.asarray(image.resize(size, resample, box=fractional))
+    )
+    np.testing.assert_array_equal(
+        resize_box(image, box, size, Image.Resampling.LANCZOS),
+        np.asarray(image.resize(size, Image.Resampling.LANCZOS, box=box)),
+    )
 
 
 def test_one_pixel_image_decodes(tmp_path):

@@ -104,10 +104,14 @@ def test_flowers102_mat_files(tmp_path):
     data, fmt = read_source(tmp_path)
     assert fmt == "flowers102" and list(data) == ["train", "validation", "test"]
     assert data["train"].features["label"].names == list(FLOWERS102_CLASSES) and len(FLOWERS102_CLASSES) == 102
-    assert _rows(data["train"]) == [("image_00001.jpg", "pink primrose"),
-                                    ("image_00002.jpg", "hard-leaved pocket orchid")]
-    assert _rows(data["validation"]) == [("image_00004.jpg", "blackberry lily"),
-                                         ("image_00005.jpg", "hard-leaved pocket orchid")]
+    assert _rows(data["train"]) == [
+        ("image_00001.jpg", "pink primrose"),
+        ("image_00002.jpg", "hard-leaved pocket orchid"),
+    ]
+    assert _rows(data["validation"]) == [
+        ("image_00004.jpg", "blackberry lily"),
+        ("image_00005.jpg", "hard-leaved pocket orchid"),
+    ]
     assert [c for _, c in _rows(data["test"])] == ["pink primrose", "blackberry lily"]
 
 
@@ -154,14 +158,19 @@ def test_fgvc_json_with_missing_images_names_the_entry(tmp_path):
 
 
 def _cifar_like(n: int, offset: int = 0) -> Dataset:
-    features = Features({
-        "img": ImageFeature(),
-        "fine_label": ClassLabel(names=["apple", "bee", "cup"]),
-        "coarse_label": ClassLabel(names=["fruit", "insect"]),
-    })
+    features = Features(
+        {
+            "img": ImageFeature(),
+            "fine_label": ClassLabel(names=["apple", "bee", "cup"]),
+            "coarse_label": ClassLabel(names=["fruit", "insect"]),
+        }
+    )
     return Dataset.from_dict(
-        {"img": [photo(8, 8, seed=offset + i) for i in range(n)], "fine_label": [i % 3 for i in range(n)],
-         "coarse_label": [0] * n},
+        {
+            "img": [photo(8, 8, seed=offset + i) for i in range(n)],
+            "fine_label": [i % 3 for i in range(n)],
+            "coarse_label": [0] * n,
+        },
         features=features,
     )
 
@@ -182,8 +191,9 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
 
 def test_in_memory_dataset_with_string_labels_and_val_split():
     features = Features({"picture": ImageFeature(), "category": Value("string")})
-    split = Dataset.from_dict({"picture": [photo(8, 8, i) for i in range(4)], "category": ["dog", "cat", "dog", "ant"]},
-                              features=features)
+    split = Dataset.from_dict(
+        {"picture": [photo(8, 8, i) for i in range(4)], "category": ["dog", "cat", "dog", "ant"]}, features=features
+    )
     data = load_image_dataset(DatasetDict({"train": split, "val": split.select([0, 1])}))
     assert list(data) == ["train", "validation"]
     assert data["train"].features["label"].names == ["ant", "cat", "dog"]

@@ -116,7 +116,12 @@ def test_same_seed_selects_the_same_images_on_every_machine(tmp_path):
     data = load_image_dataset(tmp_path, val_fraction=0.2, shots=3, seed=0)
     assert _relative_paths(data["validation"], tmp_path) == ["a/002.jpg", "a/003.jpg", "b/001.jpg", "b/003.jpg"]
     assert _relative_paths(data["train"], tmp_path) == [
-        "a/006.jpg", "a/007.jpg", "a/009.jpg", "b/004.jpg", "b/005.jpg", "b/009.jpg"
+        "a/006.jpg",
+        "a/007.jpg",
+        "a/009.jpg",
+        "b/004.jpg",
+        "b/005.jpg",
+        "b/009.jpg",
     ]
 
 
@@ -141,8 +146,12 @@ def test_official_validation_split_wins_over_val_fraction(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"val_fraction": 1.0}, "val_fraction"), ({"shots": 0}, "shots"), ({"on_bad_image": "ignore"}, "on_bad_image"),
-     ({"seed": -1}, "seed")],
+    [
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"shots": 0}, "shots"),
+        ({"on_bad_image": "ignore"}, "on_bad_image"),
+        ({"seed": -1}, "seed"),
+    ],
 )
 def test_argument_errors(tmp_path, kwargs, match):
     write_jpeg(tmp_path / "a" / "x.jpg")

@@ -48,12 +48,23 @@ def _grey_levels(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
     "processor",
     [
         ViTImageProcessorPil(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        CLIPImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
-                              image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)),
-        CLIPImageProcessorPil(size={"shortest_edge": 160}, crop_size={"height": 128, "width": 144}, resample=2,
-                              image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        ViTImageProcessorPil(size={"height": 256, "width": 256}, do_center_crop=True,
-                             crop_size={"height": 224, "width": 224}, resample=3),
+        CLIPImageProcessorPil(
+            size={"shortest_edge": 256},
+            crop_size={"height": 224, "width": 224},
+            resample=3,
+            image_mean=list(IMAGENET_MEAN),
+            image_std=list(IMAGENET_STD),
+        ),
+        CLIPImageProcessorPil(
+            size={"shortest_edge": 160},
+            crop_size={"height": 128, "width": 144},
+            resample=2,
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+        ),
+        ViTImageProcessorPil(
+            size={"height": 256, "width": 256}, do_center_crop=True, crop_size={"height": 224, "width": 224}, resample=3
+        ),
     ],
     ids=["vit-resize", "short-side-crop", "non-square-crop", "deit-resize-crop"],
 )
@@ -62,7 +73,7 @@ def test_eval_matches_the_model_processor_within_one_grey_level(photos, processo
     ours = transforms.attach(_dataset(photos))[: len(photos)]["pixel_values"]
     theirs = processor([Image.open(p) for p in photos], return_tensors="pt")["pixel_values"]
     assert ours.shape == theirs.shape and ours.dtype == torch.float32
-    diff = (_grey_levels(ours, transforms.mean, transforms.std) - _grey_levels(theirs, transforms.mean, transforms.std))
+    diff = _grey_levels(ours, transforms.mean, transforms.std) - _grey_levels(theirs, transforms.mean, transforms.std)
     assert diff.abs().max() <= 1.0 + 1e-3
 
 
@@ -91,10 +102,19 @@ def test_from_pretrained_reads_the_processor_or_the_architecture_table(tmp_path)
     )
     table = ImageTransforms.from_pretrained(tmp_path, train=True, hflip=0.0).preprocessing
     assert table == Preprocessing(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resample=3, crop_pct=0.875)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ViTImageProcessor", "size": {"height": 384, "width": 384}, "resample": 2,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_resize": True, "do_normalize": True,
-    }))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "size": {"height": 384, "width": 384},
+                "resample": 2,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "do_resize": True,
+                "do_normalize": True,
+            }
+        )
+    )
     own = ImageTransforms.from_pretrained(tmp_path).preprocessing
     assert own == Preprocessing(size=(384, 384), mean=(0.5,) * 3, std=(0.5,) * 3, resample=2, crop_pct=None)
 

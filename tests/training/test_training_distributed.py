@@ -70,12 +70,14 @@ def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    one_metrics = train(
-        *parse_args([*common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
-    )
+    # The launcher's --mixed_precision no decides the two-process run; the in-process run says it with a flag.
+    one_flags = [*common, "--per_device_train_batch_size", "4", "--bf16", "false"]
+    one_flags += ["--output_dir", str(tmp_path / "one")]
+    one_metrics = train(*parse_args(one_flags))
 
     two_metrics = json.loads((two / "metrics.json").read_text())
     assert two_metrics["num_processes"] == 2 and one_metrics["num_processes"] == 1
+    assert two_metrics["mixed_precision"] == one_metrics["mixed_precision"] == "no"
     assert two_metrics["global_train_batch_size"] == one_metrics["global_train_batch_size"] == 4
     # Every sample is evaluated once, although 2 x 5 does not divide the 6 validation and 12 test images.
     assert two_metrics["eval"]["num_samples"] == 6 and two_metrics["test"]["num_samples"] == 12

@@ -50,7 +50,7 @@ def test_config_file_gives_the_same_options_as_flags(tmp_path, suffix):
         ["--dataset", "data/", "--output_dir", "out", "--method", "linear", "--learning_rate", "0.01", "--bf16"]
     )
     assert from_file == from_flags
-    assert from_file[2].mixed_precision == "bf16"
+    assert from_file[2].bf16 is True
 
 
 def test_command_reproduces_the_options():
