@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ TARGET_MERGED = 1.02
 TARGET_PIPELINE_OVERHEAD = 0.10
 FORWARD_VARIANTS = ("base", "lora-unmerged", "lora-merged")
 SERVING_VARIANTS = ("multi-adapter", "merged-models")
+KINDS = ("forward", "paired", "pipeline", "serving")
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -82,6 +84,29 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         times = time_calls(lambda: model(pixel_values=pixel_values), config["warmup"], config["batches"])
     return {"batch_s": times, "load_peak_rss_mb": load_peak, "setup_rss_mb": current_rss_mb()}
+
+
+def paired_work(config: dict[str, Any]) -> dict[str, Any]:
+    """Base and merged model in one worker, timed in turns: the merge's cost without worker-to-worker drift."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    import peft_vision_lora as pvl
+
+    base = AutoModelForImageClassification.from_pretrained(
+        config["model_path"], num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+    ).eval()
+    merged = pvl.load_model(config["adapters"][0], merge=True)
+    pixel_values = torch.randn(config["batch_size"], 3, config["image_size"], config["image_size"])
+    timings: dict[str, list[float]] = {"base_s": [], "merged_s": []}
+    with torch.inference_mode():
+        for model in (base, merged):  # warmup
+            model(pixel_values=pixel_values)
+        for round_ in range(2 * config["batches"]):
+            order = [("base_s", base), ("merged_s", merged)]
+            for key, model in order if round_ % 2 == 0 else order[::-1]:  # alternate who goes first
+                timings[key] += time_calls(partial(model, pixel_values=pixel_values), 0, 1)
+    return timings
 
 
 def pipeline_work(config: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +172,8 @@ def serving_work(config: dict[str, Any]) -> dict[str, Any]:
 
 def work(config: dict[str, Any]) -> dict[str, Any]:
     kind = config["kind"]
-    return {"forward": forward_work, "pipeline": pipeline_work, "serving": serving_work}[kind](config)
+    workers = {"forward": forward_work, "paired": paired_work, "pipeline": pipeline_work, "serving": serving_work}
+    return workers[kind](config)
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
@@ -184,6 +210,7 @@ def make_random_vit(folder: Path, quick: bool) -> str:
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=["vit-s14", "vit-b16"], default=["vit-s14", "vit-b16"])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which measurements to run")
     parser.add_argument("--batches", type=int, default=None, help="timed batches per worker")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
@@ -217,9 +244,11 @@ def main() -> None:
                 "batches": batches,
                 "threads": args.threads,
             }
-            configs += [{"name": f"{model}/{v}", "kind": "forward", "variant": v} | common for v in FORWARD_VARIANTS]
-            configs.append({"name": f"{model}/pipeline", "kind": "pipeline", "variant": "pipeline"} | common)
-            configs += [{"name": f"{model}/{v}", "kind": "serving", "variant": v} | common for v in SERVING_VARIANTS]
+            model_configs = [{"name": f"{model}/{v}", "kind": "forward", "variant": v} for v in FORWARD_VARIANTS]
+            model_configs.append({"name": f"{model}/paired", "kind": "paired", "variant": "base+merged"})
+            model_configs.append({"name": f"{model}/pipeline", "kind": "pipeline", "variant": "pipeline"})
+            model_configs += [{"name": f"{model}/{v}", "kind": "serving", "variant": v} for v in SERVING_VARIANTS]
+            configs += [config | common for config in model_configs if config["kind"] in args.kinds]
         results = alternate(Path(__file__), configs, repeats)
 
     info = machine_info(args.threads)
@@ -268,7 +297,15 @@ def summarize(
     for config in configs:
         runs = results[config["name"]]
         batch = config["batch_size"]
-        if config["kind"] == "pipeline":
+        if config["kind"] == "paired":
+            measured = {
+                "base (paired)": per_run_median(runs, "base_s"),
+                "lora-merged (paired)": per_run_median(runs, "merged_s"),
+            }
+            ratios = [statistics.median(r["merged_s"]) / statistics.median(r["base_s"]) for r in runs]
+            best = min(min(r["merged_s"]) for r in runs) / min(min(r["base_s"]) for r in runs)
+            times[(config["model"], "paired-merged")] = (statistics.median(ratios), best)
+        elif config["kind"] == "pipeline":
             measured = {
                 "pipeline": per_run_median(runs, "pipeline_s"),
                 "bare forward (pipeline's model)": per_run_median(runs, "bare_s"),
@@ -298,17 +335,26 @@ def summarize(
             )
     summary = []
     for model in dict.fromkeys(c["model"] for c in configs):
-        base = times[(model, "base")]
-        merged, unmerged = times[(model, "lora-merged")], times[(model, "lora-unmerged")]
-        overhead, overhead_best = times[(model, "pipeline-overhead")]
-        memory = {r["variant"]: r for r in rows if r["model"] == model}
-        serving = memory["multi-adapter"]["peak_rss_mb"]["median"] / memory["merged-models"]["peak_rss_mb"]["median"]
-        summary += [
-            ratio(model, "merged / base time", merged.median / base.median, merged.min / base.min, TARGET_MERGED),
-            ratio(model, "unmerged / base time", unmerged.median / base.median, unmerged.min / base.min),
-            ratio(model, "pipeline overhead over bare forward", overhead, overhead_best, TARGET_PIPELINE_OVERHEAD),
-            ratio(model, f"{NUM_ADAPTERS} adapters on 1 backbone / {NUM_ADAPTERS} merged models, peak RSS", serving),
-        ]
+        # With --kinds only some configurations ran: give the ratios whose measurements are there.
+        if (model, "paired-merged") in times:
+            paired, paired_best = times[(model, "paired-merged")]
+            summary.append(ratio(model, "merged / base time, paired in one worker", paired, paired_best, TARGET_MERGED))
+        if (model, "base") in times:
+            base = times[(model, "base")]
+            merged, unmerged = times[(model, "lora-merged")], times[(model, "lora-unmerged")]
+            separate = "merged / base time, separate workers"
+            summary += [
+                ratio(model, separate, merged.median / base.median, merged.min / base.min),
+                ratio(model, "unmerged / base time", unmerged.median / base.median, unmerged.min / base.min),
+            ]
+        if (model, "pipeline-overhead") in times:
+            overhead, best = times[(model, "pipeline-overhead")]
+            name = "pipeline overhead over bare forward"
+            summary.append(ratio(model, name, overhead, best, TARGET_PIPELINE_OVERHEAD))
+        memory = {r["variant"]: r["peak_rss_mb"]["median"] for r in rows if r["model"] == model}
+        if "multi-adapter" in memory:
+            name = f"{NUM_ADAPTERS} adapters on 1 backbone / {NUM_ADAPTERS} merged models, peak RSS"
+            summary.append(ratio(model, name, memory["multi-adapter"] / memory["merged-models"]))
     return rows, summary
 
 
