@@ -4,8 +4,14 @@ One step is forward, backward and an AdamW step at batch 8, 224 px, on ViT-B/16 
 and the shared ViT-S/14, each with and without gradient checkpointing and in fp32 or bf16 CPU autocast (weights and
 optimizer stay fp32). Every configuration runs in its own subprocess, in A B A B order; see ``_harness``.
 
-    python benchmarks/train_step.py                  # the full table (about 10 minutes on 2 cores)
+    python benchmarks/train_step.py                  # the full table (about 20 minutes on 2 cores)
     python benchmarks/train_step.py --quick          # tiny random model: a smoke run
+    # on a GPU: ViT-B/16, bf16, eager and compiled, with model FLOPs utilisation against the device's dense peak
+    python benchmarks/train_step.py --device cuda --models vit-b16 --precisions bf16 --compile off on \
+        --checkpointing off --batch-size 64 --peak-tflops 989
+
+On CUDA the memory column "peak tensors" is ``torch.cuda.max_memory_allocated``; MFU counts 2 FLOPs per multiply-add
+and a step as 1 (probe), 2 (LoRA) or 3 (full) forwards.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from _harness import (
 )
 
 METHODS = ("lora", "full", "probe")
+STEP_FORWARDS = {"probe": 1, "lora": 2, "full": 3}
 NUM_LABELS = 10
 TARGET_TIME = 0.70
 TARGET_MEMORY = 0.75
@@ -96,14 +103,19 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
+    device = torch.device(config.get("device", "cpu"))
+    cuda = device.type == "cuda"
     baseline_rss = current_rss_mb()
     model, params, loss_fn = build(config)
+    model.to(device)
+    if config.get("compile"):
+        model.compile()  # nn.Module.compile: the module's forward through torch.compile, in place
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     size, batch = config["image_size"], config["batch_size"]
-    pixel_values = torch.randn(batch, 3, size, size)
-    labels = torch.randint(0, NUM_LABELS, (batch,))
+    pixel_values = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, NUM_LABELS, (batch,), device=device)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if config["precision"] == "bf16" else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=torch.bfloat16) if config["precision"] == "bf16" else contextlib.nullcontext()
     )
     setup_rss = current_rss_mb()
     load_peak = reset_peak_rss()
@@ -114,6 +126,8 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()  # time the work, not its launch
 
     # One untimed, checked step first (it also warms up the allocator): every trainable parameter must receive a
     # gradient, or the timing means nothing.
@@ -125,21 +139,40 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"{config['name']}: {len(without_grad)} of {len(params)} trainable tensors got no gradient.")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     times = time_calls(step, config["warmup"], config["steps"])
     peak_rss = peak_rss_mb()
-    # One more step under the profiler, after the timed ones so its overhead touches neither time nor RSS.
-    resident = [*model.parameters(), *model.buffers(), pixel_values, labels]
-    resident += [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    if cuda:
+        tensor_peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        # One more step under the profiler, after the timed ones so its overhead touches neither time nor RSS.
+        resident = [*model.parameters(), *model.buffers(), pixel_values, labels]
+        resident += [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        tensor_peak = tensor_peak_mb(step, resident)
     return {
         "step_s": times,
         "peak_rss_mb": peak_rss,
-        "tensor_peak_mb": tensor_peak_mb(step, resident),
+        "tensor_peak_mb": tensor_peak,
+        "forward_macs": forward_macs(model.config, size),
         "trainable_params": sum(p.numel() for p in params),
         "total_params": sum(p.numel() for p in model.parameters()),
         "baseline_rss_mb": baseline_rss,
         "setup_rss_mb": setup_rss,
         "load_peak_rss_mb": load_peak,
     }
+
+
+def forward_macs(config: Any, image_size: int) -> int:
+    """Multiply-adds of one ViT forward per image (patch embedding, attention and MLP matmuls, attention maps).
+
+    ViT-B/16 at 224 px: 17.5e9, the "17.6 GFLOPs" usually quoted (which count multiply-adds).
+    """
+    tokens = (image_size // config.patch_size) ** 2 + 1
+    width, mlp = config.hidden_size, config.intermediate_size
+    patch = (tokens - 1) * config.num_channels * config.patch_size**2 * width
+    per_layer = tokens * (4 * width * width + 2 * width * mlp) + 2 * tokens * tokens * width
+    return patch + config.num_hidden_layers * per_layer
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
@@ -168,6 +201,11 @@ def main() -> None:
     parser.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per worker")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"], help="torch.compile the model")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's dense peak (e.g. bf16) in TFLOP/s: adds MFU"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 2)
     steps = args.steps or (2 if args.quick else 3)
@@ -186,22 +224,28 @@ def main() -> None:
             else:
                 notes.append(f"ViT-S/14 skipped: {SHARED_VIT} not found (../shared is absent).")
         configs = []
-        for model, method, checkpointing, precision in itertools.product(
-            paths, args.methods, args.checkpointing, args.precisions
+        for model, method, checkpointing, precision, compiled in itertools.product(
+            paths, args.methods, args.checkpointing, args.precisions, args.compile
         ):
             if method == "probe" and checkpointing == "on":
                 continue  # the probe stores no backbone activations: nothing to checkpoint
+            # A compiled run is its own precision variant, so the LoRA/full ratios pair like with like.
+            variant = precision + ("+compile" if compiled == "on" else "")
             configs.append(
                 {
-                    "name": f"{model}/{method}/gc-{checkpointing}/{precision}",
+                    "name": f"{model}/{method}/gc-{checkpointing}/{variant}",
                     "model": model,
                     "model_path": str(paths[model]),
                     "method": method,
                     "checkpointing": checkpointing == "on",
                     "precision": precision,
+                    "variant": variant,
+                    "compile": compiled == "on",
+                    "device": args.device,
                     "image_size": 32 if args.quick else 224,
                     "batch_size": args.batch_size,
-                    "warmup": 0,  # the first, checked step is the warmup
+                    # The first, checked step is the warmup; compiled graphs may recompile once more after it.
+                    "warmup": 2 if compiled == "on" else 0,
                     "steps": steps,
                     "threads": args.threads,
                 }
@@ -213,7 +257,8 @@ def main() -> None:
         runs = results[config["name"]]
         time_stat, peak_stat = per_run_median(runs, "step_s"), scalar_stat(runs, "peak_rss_mb")
         tensor_stat = scalar_stat(runs, "tensor_peak_mb")
-        row = {key: config[key] for key in ("name", "model", "method", "checkpointing", "precision", "batch_size")} | {
+        row = {key: config[key] for key in ("name", "model", "method", "checkpointing", "batch_size", "device")} | {
+            "precision": config["variant"],
             "step_s": time_stat.as_dict(),
             "peak_rss_mb": peak_stat.as_dict(),
             "tensor_peak_mb": tensor_stat.as_dict(),
@@ -222,19 +267,26 @@ def main() -> None:
             "trainable_params": runs[0]["trainable_params"],
             "total_params": runs[0]["total_params"],
         }
+        # Model FLOPs per step: a forward is 2 x multiply-adds; a LoRA step costs about 2 forwards (the backward
+        # computes input gradients only), full fine-tuning about 3, a probe 1.
+        step_flops = 2 * runs[0]["forward_macs"] * config["batch_size"] * STEP_FORWARDS[config["method"]]
+        row["tflops"] = step_flops / time_stat.median / 1e12
+        row["mfu"] = row["tflops"] / args.peak_tflops if args.peak_tflops else None
         rows.append(row)
         table.append(
             [
                 config["model"],
                 config["method"],
                 "on" if config["checkpointing"] else "off",
-                config["precision"],
+                config["variant"],
                 f"{millions(row['trainable_params'])} / {millions(row['total_params'])}",
                 time_stat.format(),
                 f"{config['batch_size'] / time_stat.median:.1f}",
                 peak_stat.format(0),
                 f"{tensor_stat.median:.1f}",
                 f"{row['baseline_rss_mb']['median']:.0f}",
+                f"{row['tflops']:.3g}",
+                f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
             ]
         )
 
@@ -242,7 +294,7 @@ def main() -> None:
     info = machine_info(args.threads)
     print(format_machine(info))
     print(
-        f"Batch {args.batch_size}, {configs[0]['image_size'] if configs else '-'} px, AdamW (fused); "
+        f"Batch {args.batch_size}, {configs[0]['image_size'] if configs else '-'} px, AdamW (fused), {args.device}; "
         f"{repeats} worker(s) per configuration x {steps} timed steps after one untimed step; median (min–max).\n"
     )
     print(
@@ -258,6 +310,8 @@ def main() -> None:
                 "peak RSS MiB",
                 "peak tensors MiB",
                 "RSS after import MiB",
+                "model TFLOP/s",
+                "MFU",
             ],
             table,
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from transformers import ViTConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -64,6 +66,23 @@ def test_train_step_quick(tmp_path):
     assert [row[1] for row in printed] == ["lora", "full"]
     assert float(printed[0][5].split()[0]) == pytest.approx(rows["lora"]["step_s"]["median"], abs=1e-3)
     assert "LoRA/full time" in stdout and f"median {ratio['lora_full_time']:.2f}x" in stdout
+    # Model FLOPs: a LoRA step counts 2 forwards, full fine-tuning 3, over the same model and batch.
+    lora_flops = rows["lora"]["tflops"] * rows["lora"]["step_s"]["median"]
+    full_flops = rows["full"]["tflops"] * rows["full"]["step_s"]["median"]
+    assert full_flops / lora_flops == pytest.approx(1.5) and rows["lora"]["mfu"] is None
+
+
+def test_forward_macs_match_the_quoted_vit_b16_cost():
+    spec = importlib.util.spec_from_file_location("train_step", BENCHMARKS / "train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))  # its ``_harness`` import
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # ViT-B/16 at 224 px is quoted as 17.6 GFLOPs (multiply-adds) per image; at 384 px (577 tokens) as 55.5.
+    assert module.forward_macs(ViTConfig(), 224) / 1e9 == pytest.approx(17.6, rel=0.01)
+    assert module.forward_macs(ViTConfig(), 384) / 1e9 == pytest.approx(55.5, rel=0.01)
 
 
 @pytest.mark.slow
