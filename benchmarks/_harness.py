@@ -119,6 +119,21 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
 # ------------------------------------------------------------------------------------------------------------ driver
 
 
+def make_random_vit(folder: Path, quick: bool) -> Path:
+    """ViT-B/16 geometry (or, for --quick, a tiny ViT) with random weights, saved once so every worker loads it."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = (
+        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
+        if quick
+        else ViTConfig()
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    return folder
+
+
 def run_child(script: Path, config: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter and return its metrics."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

@@ -31,6 +31,7 @@ from _harness import (
     current_rss_mb,
     format_machine,
     machine_info,
+    make_random_vit,
     markdown_table,
     per_run_median,
     reset_peak_rss,
@@ -65,17 +66,23 @@ def load_images(count: int, size: int) -> list:
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
+def load_base(config: dict[str, Any]):
+    """The base classifier with a fresh head of the adapters' label count, in eval mode."""
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(
+        config["model_path"], num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+    ).eval()
+
+
 def forward_work(config: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForImageClassification
 
     import peft_vision_lora as pvl
 
     variant = config["variant"]
     if variant == "base":
-        model = AutoModelForImageClassification.from_pretrained(
-            config["model_path"], num_labels=NUM_LABELS, ignore_mismatched_sizes=True
-        ).eval()
+        model = load_base(config)
     else:
         model = pvl.load_model(config["adapters"][0], merge=variant == "lora-merged")
     size = config["image_size"]
@@ -89,13 +96,10 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
 def paired_work(config: dict[str, Any]) -> dict[str, Any]:
     """Base and merged model in one worker, timed in turns: the merge's cost without worker-to-worker drift."""
     import torch
-    from transformers import AutoModelForImageClassification
 
     import peft_vision_lora as pvl
 
-    base = AutoModelForImageClassification.from_pretrained(
-        config["model_path"], num_labels=NUM_LABELS, ignore_mismatched_sizes=True
-    ).eval()
+    base = load_base(config)
     merged = pvl.load_model(config["adapters"][0], merge=True)
     pixel_values = torch.randn(config["batch_size"], 3, config["image_size"], config["image_size"])
     timings: dict[str, list[float]] = {"base_s": [], "merged_s": []}
@@ -193,20 +197,6 @@ def make_adapters(base: str, folder: Path, count: int) -> list[str]:
     return folders
 
 
-def make_random_vit(folder: Path, quick: bool) -> str:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    config = (
-        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
-        if quick
-        else ViTConfig()
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    return str(folder)
-
-
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=["vit-s14", "vit-b16"], default=["vit-s14", "vit-b16"])
@@ -224,7 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bases = {}
         if args.quick:
-            bases["tiny-vit"] = make_random_vit(Path(tmp) / "tiny-vit", quick=True)
+            bases["tiny-vit"] = str(make_random_vit(Path(tmp) / "tiny-vit", quick=True))
         else:
             if "vit-s14" in args.models:
                 if (SHARED_VIT / "model.safetensors").is_file():
@@ -232,7 +222,7 @@ def main() -> None:
                 else:
                     notes.append(f"ViT-S/14 skipped: {SHARED_VIT} not found (../shared is absent).")
             if "vit-b16" in args.models:
-                bases["vit-b16"] = make_random_vit(Path(tmp) / "vit-b16", quick=False)
+                bases["vit-b16"] = str(make_random_vit(Path(tmp) / "vit-b16", quick=False))
         for model, path in bases.items():
             common = {
                 "model": model,

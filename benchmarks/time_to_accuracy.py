@@ -37,6 +37,7 @@ from _harness import (
     common_parser,
     format_machine,
     machine_info,
+    make_random_vit,
     markdown_table,
     run_child,
     write_json,
@@ -145,12 +146,8 @@ def make_quick_assets(root: Path) -> tuple[Path, Path]:
     """A tiny random ViT and a 3-class synthetic image folder whose mean colour gives the class away."""
     import numpy as np
     import PIL.Image
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
 
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
-    ViTForImageClassification(config).save_pretrained(root / "vit")
+    make_random_vit(root / "vit", quick=True)
     rng = np.random.default_rng(0)
     colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
     for split, count in (("train", 16), ("test", 4)):

@@ -30,6 +30,7 @@ from _harness import (
     current_rss_mb,
     format_machine,
     machine_info,
+    make_random_vit,
     markdown_table,
     peak_rss_mb,
     per_run_median,
@@ -176,21 +177,6 @@ def forward_macs(config: Any, image_size: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
-
-
-def make_random_vit(folder: Path, quick: bool) -> Path:
-    """A ViT-B/16 (or, for --quick, a tiny ViT) with random weights, saved so every worker loads the same one."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    config = (
-        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
-        if quick
-        else ViTConfig()
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    return folder
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 
@@ -47,7 +47,7 @@ from .hub import push_to_hub
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
-from .precision import resolve_mixed_precision
+from .precision import launch_device, resolve_mixed_precision
 
 logger = get_logger(__name__)
 
@@ -83,11 +83,6 @@ def train(
     elif len(given) != 3 or options:
         raise TypeError("Pass either all three argument dataclasses or options by name, not a mix of both.")
     return Trainer(model_args, data_args, training_args, dataset=dataset, command=command).train()
-
-
-def launch_device() -> torch.device:
-    """The device the Accelerator is about to use: its process state (a shared singleton) built as it builds it."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
 
 
 class Trainer:

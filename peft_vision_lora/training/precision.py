@@ -11,8 +11,15 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from .arguments import TrainingArguments
+
+
+def launch_device() -> torch.device:
+    """The device the Accelerator is about to use: its process state (a shared singleton), built as it builds it."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
 
 
 def native_bf16(device: torch.device) -> bool:
