@@ -62,6 +62,8 @@ class VisionArchitecture:
     layer_prefix: str
     # Per role: regex of the module path inside one layer. Alternatives cover transformers 4.x and 5.x names.
     roles: Mapping[str, str]
+    # Regex of the module path of the patch + position embeddings (their output is the encoder's input sequence).
+    embeddings: str = r"embeddings"
     head: str = "classifier"
     processor: ProcessorDefaults = field(default_factory=ProcessorDefaults)
     # transformers 4.x -> 5.x renames of module paths, applied to adapters saved under the old names.
@@ -73,6 +75,11 @@ class VisionArchitecture:
         """One regex that fully matches the module names of ``roles`` in every encoder layer."""
         alternatives = "|".join(f"(?:{self.roles[r]})" for r in roles)
         return rf"(?:.*\.)?{self.layer_prefix}\d+\.(?:{alternatives})"
+
+    def layer_index(self, module_name: str) -> int | None:
+        """The encoder layer a module path lies in, or None outside the layers."""
+        match = re.search(rf"(?:^|\.){self.layer_prefix}(\d+)\.", module_name)
+        return int(match.group(1)) if match else None
 
 
 _VIT_ROLES = {
@@ -104,6 +111,7 @@ _CLIP_VISION = VisionArchitecture(
     # transformers 5 CLIPVisionModel has no ``vision_model`` wrapper; 4.x and full CLIP checkpoints do.
     layer_prefix=r"(?:vision_model\.)?encoder\.layers\.",
     roles=_CLIP_ROLES,
+    embeddings=r"(?:vision_model\.)?embeddings",
     processor=ProcessorDefaults(mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0),
     # A transformers 5 CLIPVisionModel saves ``encoder.*``; CLIPForImageClassification wants ``vision_model.encoder.*``.
     checkpoint_key_mapping={r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.": r"vision_model.\1."},
@@ -135,7 +143,11 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
     ),
     # Anchored on ``vision_model`` so a full CLIPModel never gets LoRA on its text tower.
     "clip": replace(
-        _CLIP_VISION, model_type="clip", layer_prefix=r"vision_model\.encoder\.layers\.", checkpoint_key_mapping={}
+        _CLIP_VISION,
+        model_type="clip",
+        layer_prefix=r"vision_model\.encoder\.layers\.",
+        embeddings=r"vision_model\.embeddings",
+        checkpoint_key_mapping={},
     ),
     "clip_vision_model": _CLIP_VISION,
 }
@@ -165,8 +177,14 @@ def _is_linear(module: torch.nn.Module) -> bool:
     return isinstance(getattr(module, "base_layer", module), torch.nn.Linear)
 
 
-def resolve_target_modules(model: torch.nn.Module, preset: str = DEFAULT_PRESET) -> list[str]:
-    """Full names of the Linear modules that ``preset`` adapts in ``model``, found in its ``named_modules()``."""
+def resolve_target_modules(
+    model: torch.nn.Module, preset: str = DEFAULT_PRESET, *, last_layers: int | None = None
+) -> list[str]:
+    """Full names of the Linear modules that ``preset`` adapts in ``model``, found in its ``named_modules()``.
+
+    ``last_layers`` keeps only those of the last N encoder layers: backpropagation then stops at the lowest adapted
+    layer, since nothing below it needs a gradient.
+    """
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     arch = get_architecture(model)
@@ -176,13 +194,33 @@ def resolve_target_modules(model: torch.nn.Module, preset: str = DEFAULT_PRESET)
         for name, module in model.named_modules()
         if pattern.fullmatch(name) and _is_linear(module) and ".base_layer" not in name
     ]
-    layers = {re.search(rf"{arch.layer_prefix}(\d+)\.", n).group(1) for n in names}
+    layers = {arch.layer_index(n) for n in names}
     if not names or len(names) != len(layers) * len(PRESETS[preset]):
         raise ValueError(
             f"Could not resolve preset {preset!r} on {type(model).__name__}: found {len(names)} modules in "
             f"{len(layers)} layers. Is this a {arch.model_type} model of a supported transformers version?"
         )
+    if last_layers is not None:
+        if not 1 <= last_layers <= len(layers):
+            raise ValueError(
+                f"--lora_layers must be in 1..{len(layers)} ({type(model).__name__} has {len(layers)} layers), "
+                f"got {last_layers}."
+            )
+        lowest = max(layers) + 1 - last_layers
+        names = [n for n in names if arch.layer_index(n) >= lowest]
     return names
+
+
+def embeddings_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output is the token sequence (patches + position embeddings) the encoder layers read."""
+    arch = get_architecture(model)
+    pattern = re.compile(rf"(?:.*\.)?{arch.embeddings}")
+    found = [module for name, module in model.named_modules() if pattern.fullmatch(name)]
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected one {arch.model_type} embeddings module in {type(model).__name__}, found {len(found)}."
+        )
+    return found[0]
 
 
 def rename_legacy_key(arch: VisionArchitecture, key: str) -> str:

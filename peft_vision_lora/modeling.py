@@ -149,6 +149,7 @@ def build_model(
     lora_dropout: float = 0.0,
     normalization: str | None = None,
     image_size: int | None = None,
+    lora_layers: int | None = None,
     **lora_kwargs: Any,
 ) -> PeftModel:
     """A LoRA image classifier: frozen backbone of ``base``, LoRA on the ``preset`` projections, a fresh trainable head.
@@ -158,6 +159,7 @@ def build_model(
     ``use_rslora``, ``init_lora_weights``, ...) go to ``peft.LoraConfig``. ``normalization`` overrides the image
     mean/std saved with the adapter (``imagenet``, ``inception``, ``clip``); ``image_size`` builds the model for
     another input size (position embeddings resampled; recorded in the adapter so every loader rebuilds it).
+    ``lora_layers`` adapts only the last N encoder layers (the adapter lists their modules by name).
     """
     labels = _check_labels(labels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +181,7 @@ def build_model(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=resolve_target_modules(model, preset),
+        target_modules=resolve_target_modules(model, preset, last_layers=lora_layers),
         modules_to_save=[get_architecture(model).head],
         **lora_kwargs,
     )

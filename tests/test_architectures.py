@@ -78,3 +78,23 @@ def test_unknown_preset():
 
 def test_table_covers_all_promised_families():
     assert set(supported_model_types()) == {"vit", "dinov2", "clip", "clip_vision_model"}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_last_layers_keeps_only_the_top_layers(name):
+    model = TINY_MODELS[name]()
+    arch = get_architecture(model)
+    names = resolve_target_modules(model, "qkv", last_layers=1)
+    assert len(names) == 3 and {arch.layer_index(n) for n in names} == {1}
+    assert resolve_target_modules(model, "qkv", last_layers=2) == resolve_target_modules(model, "qkv")
+    with pytest.raises(ValueError, match=r"--lora_layers must be in 1\.\.2"):
+        resolve_target_modules(model, "qkv", last_layers=3)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_embeddings_module_is_the_vision_one(name):
+    from peft_vision_lora.architectures import embeddings_module
+
+    model = TINY_MODELS[name]()
+    found = embeddings_module(model)
+    assert hasattr(found, "patch_embeddings") or hasattr(found, "patch_embedding")

@@ -202,6 +202,8 @@ class ImageTransforms:
         self.train = train
         self.options = options or TransformOptions()
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # The output size, changed by set_size (progressive resolution); shared like the epoch.
+        self._size = torch.tensor(preprocessing.size, dtype=torch.int64).share_memory_()
         # Float output is (x - offset) * scale, per channel, computed in float32 like normalize_on_device.
         self._offset = (np.asarray(preprocessing.mean, np.float32) * np.float32(255)).reshape(3, 1, 1)
         self._scale = np.float32(1) / (np.asarray(preprocessing.std, np.float32) * np.float32(255)).reshape(3, 1, 1)
@@ -252,6 +254,20 @@ class ImageTransforms:
         """Select the augmentations of ``epoch``; call before iterating the DataLoader of that epoch."""
         self._epoch.fill_(int(epoch))
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The (height, width) of the images produced now: ``preprocessing.size`` unless :meth:`set_size` changed it."""
+        height, width = self._size.tolist()
+        return height, width
+
+    def set_size(self, size: int | tuple[int, int]) -> None:
+        """Produce images of ``size`` from now on (a square side or (height, width)), e.g. for progressive
+        resolution; like the epoch it reaches DataLoader workers, persistent ones included."""
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be a positive side or (height, width), got {size}")
+        self._size.copy_(torch.tensor(size, dtype=torch.int64))
+
     def __getstate__(self) -> dict[str, Any]:
         # Each DataLoader worker reports its own decoding failures and keeps its own fallback sample.
         return {**self.__dict__, "_fallback": None, "_reported": set()}
@@ -280,7 +296,7 @@ class ImageTransforms:
         labels = list(batch[opts.label_column]) if opts.label_column in batch else None
         indices = batch.get(opts.index_column)
         keys = [int(i) for i in indices] if indices is not None else [source_key(image) for image in images]
-        out_h, out_w = self.preprocessing.size
+        out_h, out_w = self.size
         dtype = torch.float32 if opts.output == "float" else torch.uint8
         pixel_values = torch.empty((len(images), 3, out_h, out_w), dtype=dtype)
         # Each image is written (and normalised) straight into its slot of the batch while it is still in cache:
@@ -349,7 +365,7 @@ class ImageTransforms:
         return region
 
     def _decode(self, pil: PIL.Image.Image, box: Box, reduce: bool, image: ImageSource) -> np.ndarray:
-        out_h, out_w = self.preprocessing.size
+        out_h, out_w = self.size
         return decode_region(
             pil, box, (out_w, out_h), self.preprocessing.resample, reduce=reduce, source=describe(image)
         )
@@ -357,7 +373,7 @@ class ImageTransforms:
     def _eval(self, pil: PIL.Image.Image, image: ImageSource) -> PIL.Image.Image:
         """transformers' eval geometry: resize (short side to size/crop_pct, or stretch), then center crop."""
         pre = self.preprocessing
-        out_h, out_w = pre.size
+        out_h, out_w = self.size
         if pre.crop_pct is None:
             resized, crop = (out_w, out_h), None
         else:
@@ -397,7 +413,7 @@ class ImageTransforms:
                 if labels is not None and self._fallback[1] is not None:
                     labels[i] = self._fallback[1]
             else:
-                out_h, out_w = self.preprocessing.size
+                out_h, out_w = self.size
                 mean_colour = np.full((out_h, out_w, 3), [round(255 * m) for m in self.mean], dtype=np.uint8)
                 self._write(mean_colour, pixel_values[i].numpy())
 

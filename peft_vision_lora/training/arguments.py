@@ -57,6 +57,13 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    lora_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only the last N encoder layers (default: all). The backward pass then stops at the lowest "
+            "adapted layer: the frozen layers below it keep no activations and get no gradients."
+        },
+    )
     normalization: str | None = field(
         default=None,
         metadata={
@@ -72,6 +79,7 @@ class ModelArguments:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         _positive("r", self.r, allow_none=False)
         _positive("lora_alpha", self.lora_alpha, allow_none=False)
+        _positive("lora_layers", self.lora_layers)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
@@ -105,6 +113,13 @@ class DataArguments:
             "from the checkpoint's. Default: the checkpoint's size."
         },
     )
+    resolution_schedule: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Progressive resolution: train sizes of equal stages of the run, ending at the target size "
+            "(--image_size, else the checkpoint's), e.g. 56 84 112. Evaluation is always at the target size."
+        },
+    )
     on_bad_image: Literal["skip", "error", "keep"] = field(
         default="skip",
         metadata={"help": "Unreadable images: skip them (listed in a warning), error on the first, or keep (no scan)."},
@@ -124,6 +139,14 @@ class DataArguments:
             raise ValueError(f"--val_fraction must be in (0, 1), got {self.val_fraction}.")
         _positive("shots", self.shots)
         _positive("image_size", self.image_size)
+        self.resolution_schedule = [int(size) for size in self.resolution_schedule]
+        if any(size <= 0 for size in self.resolution_schedule):
+            raise ValueError(f"--resolution_schedule sizes must be positive, got {self.resolution_schedule}.")
+        if self.resolution_schedule and self.image_size and self.resolution_schedule[-1] != self.image_size:
+            raise ValueError(
+                f"--resolution_schedule must end at the target size --image_size {self.image_size}, got "
+                f"{self.resolution_schedule}."
+            )
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"--min_crop_scale must be in (0, 1], got {self.min_crop_scale}.")
         if not 0 <= self.hflip <= 1:
@@ -181,6 +204,34 @@ class TrainingArguments:
     label_smoothing: float = field(
         default=0.0,
         metadata={"help": "Label smoothing of the training loss.", "aliases": ["--label_smoothing_factor"]},
+    )
+    min_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Floor of optimizer steps: a small dataset trains for more epochs than --num_train_epochs until "
+            "it reaches this many steps. Ignored with --max_steps."
+        },
+    )
+    token_keep: float = field(
+        default=1.0,
+        metadata={
+            "help": "Token dropout: fraction of each training image's patch tokens kept, in (0, 1]; 1 keeps all. "
+            "Evaluation and inference always see every token."
+        },
+    )
+    head_init: Literal["random", "linear_probe"] = field(
+        default="random",
+        metadata={
+            "help": "lora/full: start from a random head, or from a linear probe fitted on cached backbone features "
+            "of the training images (LP-FT)."
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "EMA of the trainable weights, evaluated and saved instead of the raw weights; 0 is off."},
+    )
+    tta_flip: bool = field(
+        default=False, metadata={"help": "Evaluate on each image and its mirror image, averaging the probabilities."}
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     gradient_checkpointing: bool = field(
@@ -250,6 +301,12 @@ class TrainingArguments:
             _positive("num_train_epochs", self.num_train_epochs, allow_none=False)
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if not 0 < self.token_keep <= 1:
+            raise ValueError(f"--token_keep must be in (0, 1], got {self.token_keep}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.min_steps < 0:
+            raise ValueError(f"--min_steps must be >= 0, got {self.min_steps}.")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0 or self.dataloader_num_workers < 0:

@@ -32,6 +32,7 @@ OPTIMIZER_META_FILE = "optimizer.json"
 SCHEDULER_FILE = "scheduler.json"
 SCALER_FILE = "scaler.json"
 BEST_FILE = "best_model.safetensors"
+EMA_FILE = "ema.safetensors"
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
@@ -202,6 +203,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainerState,
     total_limit: int | None = None,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoint-<global_step>`` atomically (collective: every process must call it)."""
     root = checkpoint_root(output_dir)
@@ -221,6 +223,8 @@ def save_checkpoint(
             _write_tensors(tmp / OPTIMIZER_FILE, optimizer_tensors)
             _write_json(tmp / OPTIMIZER_META_FILE, optimizer_meta)
             _write_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
+            if ema is not None:
+                _write_tensors(tmp / EMA_FILE, ema)
             if accelerator.scaler is not None:
                 _write_json(tmp / SCALER_FILE, accelerator.scaler.state_dict())
             _write_json(tmp / STATE_FILE, asdict(state))  # last: its presence marks a complete checkpoint
@@ -243,13 +247,19 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: Any | None = None,
 ) -> TrainerState:
-    """Restore everything :func:`save_checkpoint` wrote; returns the loop position."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the loop position. ``ema`` (an object with
+    ``load_state_dict``) gets the averaged weights the checkpoint holds."""
     state = TrainerState.load(folder)
     load_trainable_state_dict(accelerator.unwrap_model(model), folder / MODEL_FILE)
     meta = json.loads((folder / OPTIMIZER_META_FILE).read_text())
     optimizer.load_state_dict(_optimizer_from_files(load_file(folder / OPTIMIZER_FILE), meta))
     scheduler.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
+    if ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise FileNotFoundError(f"{folder} has no {EMA_FILE}: it was written without --ema_decay.")
+        ema.load_state_dict(load_file(folder / EMA_FILE))
     if accelerator.scaler is not None and (folder / SCALER_FILE).is_file():
         accelerator.scaler.load_state_dict(json.loads((folder / SCALER_FILE).read_text()))
     rng_file = folder / f"rng_{accelerator.process_index}.safetensors"

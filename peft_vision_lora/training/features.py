@@ -99,3 +99,40 @@ def feature_train_data(dataset: FeatureDataset, *, global_batch_size: int, seed:
 
 def feature_eval_loader(dataset: FeatureDataset, *, global_batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=global_batch_size, shuffle=False, generator=torch.Generator())
+
+
+def trainable_linear(head: nn.Module) -> nn.Linear:
+    """The trainable ``nn.Linear`` of a classification head (PEFT wraps the head to save in a copy)."""
+    found = [m for m in head.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
+    if len(found) != 1:
+        raise ValueError(f"Expected one trainable Linear in the head {type(head).__name__}, found {len(found)}.")
+    return found[0]
+
+
+@torch.enable_grad()
+def fit_linear_head(head: nn.Linear, dataset: FeatureDataset, *, l2: float = 1e-3, max_iter: int = 100) -> float:
+    """Fit ``head`` in place to cached features: L2-regularised logistic regression by full-batch L-BFGS (a convex
+    problem: no learning rate to tune). Returns the training accuracy. Deterministic, so every process fits the
+    same head from the same features.
+
+    The penalty keeps the logits moderate: an unregularised fit of separable features grows without bound, and a
+    saturated head passes almost no gradient on to the LoRA weights that train after it.
+    """
+    device = head.weight.device
+    features, labels = dataset.features.to(device), dataset.labels.to(device)
+    weight = torch.zeros(head.out_features, head.in_features, device=device, requires_grad=True)
+    bias = torch.zeros(head.out_features, device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        logits = torch.nn.functional.linear(features, weight, bias)
+        loss = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+        return (head(features).argmax(-1) == labels).float().mean().item()

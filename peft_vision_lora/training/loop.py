@@ -7,6 +7,7 @@ position in the data, the optimizer, the schedule and all RNG states.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 
 from ..data import ImageTransforms, MixupCutmix, load_image_dataset
 from ..processing import load_image_processor
+from ..resizing import native_image_size
+from ..token_dropout import TokenDropout
 from .arguments import (
     DEFAULT_LEARNING_RATES,
     DataArguments,
@@ -41,8 +44,16 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
+from .ema import EMA
 from .evaluation import evaluate_model, model_inputs
-from .features import FeatureClassifier, extract_features, feature_eval_loader, feature_train_data
+from .features import (
+    FeatureClassifier,
+    extract_features,
+    feature_eval_loader,
+    feature_train_data,
+    fit_linear_head,
+    trainable_linear,
+)
 from .hub import push_to_hub
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, warmup_steps
@@ -113,6 +124,7 @@ class Trainer:
         )
         set_seed(training_args.seed)
         self._load_data(dataset)
+        self._build_model()
         # Everything that can be refused is checked before the output folder is touched.
         self.resume = (
             resolve_checkpoint(self.output_dir, training_args.resume_from_checkpoint)
@@ -127,7 +139,6 @@ class Trainer:
             resuming=self.resume is not None,
             overwrite=training_args.overwrite_output_dir,
         )
-        self._build_model()
         self._build_dataloaders()
         self._build_optimization()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
@@ -139,6 +150,14 @@ class Trainer:
             self.model = self.step_model
         self.eval_loaders = dict(zip(self.eval_loaders, loaders))
         self.state = TrainerState(labels=self.labels, batches_per_epoch=self.batches_per_epoch)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.ema = EMA(unwrapped, training_args.ema_decay) if training_args.ema_decay > 0 else None
+        self.token_dropout = (
+            TokenDropout(unwrapped, training_args.token_keep, seed=training_args.seed)
+            if training_args.token_keep < 1 and not self.cached
+            else None
+        )
+        self.data_wait_s = 0.0  # time the training loop waited for its next batch
         self.last_checkpoint = self.resume
         self.eval_metrics: dict[str, Any] | None = None  # of the latest evaluation, at step eval_step
         self.eval_step = -1
@@ -171,6 +190,13 @@ class Trainer:
 
                 self.base = default_model_path()
         self.model = build_training_model(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
+        self.target_size = native_image_size(self.model)
+        schedule = self.data_args.resolution_schedule
+        if schedule and schedule[-1] != self.target_size:
+            raise ValueError(
+                f"--resolution_schedule must end at the target size {self.target_size} (--image_size, else the "
+                f"checkpoint's), got {schedule}."
+            )
         if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.processor = load_image_processor(
@@ -183,7 +209,7 @@ class Trainer:
             self.processor, train=True, **self.data_args.transform_options(args.seed)
         )
         eval_tf = ImageTransforms.from_processor(self.processor, train=False)
-        self.forward_kwargs = forward_kwargs(self.model, train_tf.preprocessing.size[0])
+        self.forward_kwargs = forward_kwargs(self.model, train_tf.size[0])
         self.step_model, self.cached, self.features_runtime = self.model, self._use_feature_cache(), 0.0
         self.mixup = None
         if self.data_args.mixup_alpha > 0 or self.data_args.cutmix_alpha > 0:
@@ -219,6 +245,7 @@ class Trainer:
         }
         if self.cached:
             self._cache_features(eval_tf)
+        self.train_forward_kwargs = self.forward_kwargs  # progressive resolution changes it per stage
 
     def _use_feature_cache(self) -> bool:
         """Whether this run is a linear probe on cached features (see ``--cache_features``)."""
@@ -273,7 +300,8 @@ class Trainer:
         self.batches_per_epoch = len(self.train_data.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         epochs_steps = math.ceil(args.num_train_epochs * self.steps_per_epoch)
-        self.total_steps = args.max_steps if args.max_steps > 0 else epochs_steps
+        self.total_steps = args.max_steps if args.max_steps > 0 else max(epochs_steps, args.min_steps)
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.optimizer = build_optimizer(
             self.model,
             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[self.model_args.method],
@@ -296,7 +324,12 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         if self.resume is not None:
             self.state = load_checkpoint(
-                self.accelerator, self.resume, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+                self.accelerator,
+                self.resume,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                ema=self.ema,
             )
             if self.state.batches_per_epoch != self.batches_per_epoch:
                 raise ValueError(
@@ -305,7 +338,14 @@ class Trainer:
                 )
         self._start_logging()
         started = time.perf_counter()
+        if self.resume is None and self.args.head_init == "linear_probe" and not self.cached:
+            self._linear_probe_init()
         self._fit()
+        if self.token_dropout is not None:
+            self.token_dropout.remove()
+        if self.ema is not None:  # from here on the model holds the averaged weights: evaluated and saved as such
+            self.ema.copy_to_model()
+            self.ema = None
         runtime = time.perf_counter() - started
         results = self._final_results(runtime)
         if self.accelerator.is_main_process:
@@ -328,16 +368,25 @@ class Trainer:
         while state.global_step < self.total_steps:
             self.train_data.set_epoch(state.epoch)
             self.train_loader.set_epoch(state.epoch)
+            self._set_resolution(state.epoch)
             loader = self.train_loader
             if state.batches_in_epoch:  # resuming mid-epoch: the same order, minus what was already trained on
                 loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
-            for batch in loader:
+            batches = iter(loader)
+            while True:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                self.data_wait_s += time.perf_counter() - waited
+                if batch is None:
+                    break
                 grad_norm = self._training_step(batch)
                 state.batches_in_epoch += 1
                 if grad_norm is None:  # accumulating: no optimizer step yet
                     continue
                 self.scheduler.step()
                 state.global_step += 1
+                if self.ema is not None:
+                    self.ema.update(state.global_step)
                 progress.update(1)
                 epoch_done = state.batches_in_epoch == self.batches_per_epoch
                 if epoch_done:
@@ -347,11 +396,52 @@ class Trainer:
                     break
         progress.close()
 
+    def _set_resolution(self, epoch: int) -> None:
+        """Progressive resolution: the train size of ``epoch``'s stage (equal stages of the run's epochs)."""
+        schedule = self.data_args.resolution_schedule
+        if not schedule or self.train_data.transforms is None:
+            return
+        size = schedule[min(len(schedule) - 1, epoch * len(schedule) // self.num_epochs)]
+        self.train_data.transforms.set_size(size)
+        self.train_forward_kwargs = forward_kwargs(self.model, size)
+
+    def _linear_probe_init(self) -> None:
+        """LP-FT: fit the head on cached features of the training images before any backbone weight moves."""
+        started, accelerator, args = time.perf_counter(), self.accelerator, self.args
+        eval_tf = ImageTransforms.from_processor(self.processor, train=False)
+        images = accelerator.prepare(
+            eval_dataloader(
+                self.data["train"],
+                eval_tf,
+                global_batch_size=args.per_device_eval_batch_size * accelerator.num_processes,
+                num_workers=args.dataloader_num_workers,
+            )
+        )
+        model = accelerator.unwrap_model(self.model)
+        head = head_module(model)
+        features = extract_features(model, head, images, accelerator, self.forward_kwargs)
+        train_accuracy = fit_linear_head(trainable_linear(head), features)
+        logger.info(
+            "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",
+            len(features),
+            time.perf_counter() - started,
+            train_accuracy,
+            main_process_only=True,
+        )
+
     def _training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Forward and backward one batch; returns the gradient norm when it completed an optimizer step."""
         args, accelerator, grad_norm = self.args, self.accelerator, None
+        if self.token_dropout is not None:
+            state, rows = self.state, len(batch["labels"])
+            first = accelerator.process_index * rows
+            self.token_dropout.set_batch(
+                state.epoch * self.batches_per_epoch + state.batches_in_epoch,
+                slice(first, first + rows),
+                rows * accelerator.num_processes,
+            )
         with accelerator.accumulate(self.step_model):
-            logits = self.step_model(**model_inputs(batch), **self.forward_kwargs).logits
+            logits = self.step_model(**model_inputs(batch), **self.train_forward_kwargs).logits
             # With Mixup/CutMix the labels are soft targets that already carry the label smoothing.
             smoothing = 0.0 if self.mixup else args.label_smoothing
             loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=smoothing)
@@ -390,6 +480,7 @@ class Trainer:
                 scheduler=self.scheduler,
                 state=self.state,
                 total_limit=args.save_total_limit,
+                ema=None if self.ema is None else self.ema.state_dict(),
             )
 
     def _stop_message(self, what: str) -> str:
@@ -433,9 +524,15 @@ class Trainer:
         )
 
     def _evaluate(self, split: str) -> dict[str, Any]:
-        return evaluate_model(
-            self.step_model, self.eval_loaders[split], self.accelerator, self.labels, self.forward_kwargs
-        )
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            return evaluate_model(
+                self.step_model,
+                self.eval_loaders[split],
+                self.accelerator,
+                self.labels,
+                self.forward_kwargs,
+                tta_flip=self.args.tta_flip,
+            )
 
     def _validate(self) -> None:
         """Evaluate on the eval split, log it, and keep the weights if they are the best so far (validation only)."""
@@ -449,12 +546,13 @@ class Trainer:
             state.best_metric, state.best_loss = metrics["top1_accuracy"], metrics["loss"]
             state.best_step = state.global_step
             if self.accelerator.is_main_process:
-                save_best(
-                    self.output_dir,
-                    self.accelerator.unwrap_model(self.model),
-                    step=state.global_step,
-                    metric=state.best_metric,
-                )
+                with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+                    save_best(
+                        self.output_dir,
+                        self.accelerator.unwrap_model(self.model),
+                        step=state.global_step,
+                        metric=state.best_metric,
+                    )
 
     def _final_results(self, runtime: float) -> dict[str, Any]:
         """Metrics of the final model: the best validated weights if there is a validation split, else the last."""
@@ -478,6 +576,8 @@ class Trainer:
             "train": {
                 "loss": next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None),
                 "runtime_s": round(runtime, 2),
+                # Share of the training time spent waiting for the next batch (decoding, augmentation).
+                "data_wait_fraction": round(self.data_wait_s / runtime, 4) if runtime > 0 else 0.0,
             },
         }
         if self.cached:  # the one backbone pass per split, before training started

@@ -35,6 +35,7 @@ def build_training_model(
             normalization=args.normalization,
             use_dora=args.use_dora,
             image_size=image_size,
+            lora_layers=args.lora_layers,
         )
     model = build_classifier(base, labels, image_size=image_size)
     if args.method == "linear":
