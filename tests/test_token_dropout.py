@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODELS
 
 import peft_vision_lora as pvl
 from peft_vision_lora.architectures import get_architecture
