@@ -215,6 +215,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """The CPU features that decide bf16 speed: AVX-512 BF16 and AMX (tiles, bf16) where present, else AVX2."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """The machine and library versions a measurement was taken on."""
     import peft
@@ -226,7 +236,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": cores,
         "threads_per_worker": threads,
-        "bf16_cpu": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
+        "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -239,7 +249,8 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def format_machine(info: dict[str, Any]) -> str:
     return (
-        f"Machine: {info['cpu']}, {info['cores']} cores ({info['threads_per_worker']} torch threads per worker); "
+        f"Machine: {info['cpu']} ({' '.join(info.get('cpu_flags', []))}), {info['cores']} cores "
+        f"({info['threads_per_worker']} torch threads per worker); "
         f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}; "
         f"{info['date']}." + (f" Allocator: {info['allocator_env']}." if info.get("allocator_env") else "")
     )

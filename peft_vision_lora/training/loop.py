@@ -158,6 +158,8 @@ class Trainer:
             else None
         )
         self.data_wait_s = 0.0  # time the training loop waited for its next batch
+        self.eval_s = self.last_eval_s = 0.0  # time spent evaluating, which training_seconds leaves out
+        self.started: float | None = None
         self.last_checkpoint = self.resume
         self.eval_metrics: dict[str, Any] | None = None  # of the latest evaluation, at step eval_step
         self.eval_step = -1
@@ -337,7 +339,7 @@ class Trainer:
                     f"{self.batches_per_epoch}: resume with the same data and global batch size."
                 )
         self._start_logging()
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()
         if self.resume is None and self.args.head_init == "linear_probe" and not self.cached:
             self._linear_probe_init()
         self._fit()
@@ -346,7 +348,7 @@ class Trainer:
         if self.ema is not None:  # from here on the model holds the averaged weights: evaluated and saved as such
             self.ema.copy_to_model()
             self.ema = None
-        runtime = time.perf_counter() - started
+        runtime, self.train_s = time.perf_counter() - started, self.training_seconds
         results = self._final_results(runtime)
         if self.accelerator.is_main_process:
             self._write_outputs(results)
@@ -523,7 +525,23 @@ class Trainer:
             main_process_only=True,
         )
 
+    @property
+    def training_seconds(self) -> float:
+        """Seconds of this run's training so far, evaluations excluded (LP-FT head fitting and feature caching
+        included): what the ``train_s`` of each evaluation in the log and in ``metrics.json`` measures."""
+        if self.started is None:
+            return 0.0
+        return self.features_runtime + time.perf_counter() - self.started - self.eval_s
+
     def _evaluate(self, split: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return self._evaluate_weights(split)
+        finally:
+            self.last_eval_s = time.perf_counter() - started
+            self.eval_s += self.last_eval_s
+
+    def _evaluate_weights(self, split: str) -> dict[str, Any]:
         with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
             return evaluate_model(
                 self.step_model,
@@ -538,7 +556,8 @@ class Trainer:
         """Evaluate on the eval split, log it, and keep the weights if they are the best so far (validation only)."""
         state, metrics = self.state, self._evaluate(self.eval_split)
         self.eval_metrics, self.eval_step = metrics, state.global_step
-        self._record({f"eval_{k}": metrics[k] for k in HEADLINE_METRICS if k in metrics})
+        train_s = round(self.training_seconds, 3)
+        self._record({f"eval_{k}": metrics[k] for k in HEADLINE_METRICS if k in metrics} | {"train_s": train_s})
         score = (metrics["top1_accuracy"], -metrics["loss"])  # top-1 first, the loss breaks ties
         if self.eval_split == "validation" and (
             state.best_metric is None or score > (state.best_metric, -state.best_loss)
@@ -576,6 +595,7 @@ class Trainer:
             "train": {
                 "loss": next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None),
                 "runtime_s": round(runtime, 2),
+                "train_s": round(self.train_s, 3),
                 # Share of the training time spent waiting for the next batch (decoding, augmentation).
                 "data_wait_fraction": round(self.data_wait_s / runtime, 4) if runtime > 0 else 0.0,
             },
