@@ -364,10 +364,17 @@ def to_command(*args: Any, prog: str = "peft-vision-lora train") -> str:
     for instance in args:
         for f in dataclasses.fields(instance):
             value = getattr(instance, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else object()
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = object()
             if value == default or value is None:
                 continue
-            if isinstance(value, bool) and f.default is not None:
+            if isinstance(value, list):
+                words += [f"--{f.name}", *map(str, value)]
+            elif isinstance(value, bool) and f.default is not None:
                 words.append(f"--{f.name}" if value else f"--no_{f.name}")
             elif isinstance(value, bool):  # a tri-state flag (None: decided at run time) takes a value
                 words += [f"--{f.name}", str(value).lower()]

@@ -175,10 +175,19 @@ def test_empty_split_fails_before_training(tiny_vit, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# Token dropout, progressive resolution (16 px in epochs 0-1, 32 px in epoch 2), EMA, LP-FT head and LoRA depth.
+RECIPE_OPTIONS = [
+    "--token_keep", "0.5", "--resolution_schedule", "16", "32", "--ema_decay", "0.8", "--head_init", "linear_probe",
+    "--lora_layers", "1", "--tta_flip",
+]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tiny_vit, tiny_data, tmp_path):
+@pytest.mark.parametrize("options", [[], RECIPE_OPTIONS], ids=["defaults", "recipe-options"])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tiny_vit, tiny_data, tmp_path, options):
     # 8 batches of 3 per epoch, 2 per optimizer step; checkpoints at steps 3, 6, 9; augmentation and LoRA dropout on.
     flags = [
+        *options,
         "--max_steps",
         "10",
         "--per_device_train_batch_size",

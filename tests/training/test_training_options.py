@@ -67,6 +67,11 @@ def test_command_reproduces_the_options():
             "--gradient_checkpointing",
             "--max_steps",
             "7",
+            "--resolution_schedule",
+            "112",
+            "224",
+            "--token_keep",
+            "0.5",
         ]
     )
     command = to_command(*args)
@@ -90,6 +95,13 @@ def test_command_reproduces_the_options():
         (lambda: TrainingArguments("o", report_to="mlflow"), "--report_to"),
         (lambda: TrainingArguments("o", push_to_hub=True), "--hub_model_id"),
         (lambda: TrainingArguments("o", eval_strategy="steps"), "--eval_steps"),
+        (lambda: TrainingArguments("o", token_keep=0), "--token_keep"),
+        (lambda: TrainingArguments("o", token_keep=1.5), "--token_keep"),
+        (lambda: TrainingArguments("o", ema_decay=1), "--ema_decay"),
+        (lambda: TrainingArguments("o", min_steps=-1), "--min_steps"),
+        (lambda: ModelArguments(lora_layers=0), "--lora_layers"),
+        (lambda: DataArguments(image_size=112, resolution_schedule=[56, 96]), "--resolution_schedule"),
+        (lambda: DataArguments(resolution_schedule=[0, 224]), "--resolution_schedule"),
     ],
 )
 def test_invalid_options_name_the_flag(make, flag):
