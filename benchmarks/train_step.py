@@ -48,6 +48,7 @@ NUM_LABELS = 10
 TARGET_TIME = 0.70
 TARGET_MEMORY = 0.75
 TARGET_MEMORY_CHECKPOINTING = 0.45
+TARGET_TOKEN_DROPOUT = 0.60  # LoRA step with half the patch tokens, against every token
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -66,6 +67,10 @@ def build(config: dict[str, Any]):
     if method == "lora":
         model = pvl.build_model(path, [f"class{i}" for i in range(NUM_LABELS)], preset="qkv", r=8)
         classifier = model.get_base_model()
+        if config.get("token_keep", 1.0) < 1:
+            from peft_vision_lora.token_dropout import TokenDropout
+
+            TokenDropout(model, config["token_keep"])
     else:
         model = classifier = AutoModelForImageClassification.from_pretrained(
             path, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
@@ -190,6 +195,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"], help="torch.compile the model")
     parser.add_argument(
+        "--token-keep", nargs="+", type=float, default=[1.0], help="LoRA only: fractions of patch tokens kept (1: all)"
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the device's dense peak (e.g. bf16) in TFLOP/s: adds MFU"
     )
     args = parser.parse_args()
@@ -210,16 +218,20 @@ def main() -> None:
             else:
                 notes.append(f"ViT-S/14 skipped: {SHARED_VIT} not found (../shared is absent).")
         configs = []
-        for model, method, checkpointing, precision, compiled in itertools.product(
-            paths, args.methods, args.checkpointing, args.precisions, args.compile
+        for model, method, checkpointing, precision, compiled, keep in itertools.product(
+            paths, args.methods, args.checkpointing, args.precisions, args.compile, args.token_keep
         ):
             if method == "probe" and checkpointing == "on":
                 continue  # the probe stores no backbone activations: nothing to checkpoint
+            if method != "lora" and keep != 1:
+                continue  # token dropout is a LoRA training option
             # A compiled run is its own precision variant, so the LoRA/full ratios pair like with like.
             variant = precision + ("+compile" if compiled == "on" else "")
+            name = f"{model}/{method}/gc-{checkpointing}/{variant}" + (f"/keep{keep:g}" if keep != 1 else "")
             configs.append(
                 {
-                    "name": f"{model}/{method}/gc-{checkpointing}/{variant}",
+                    "name": name,
+                    "token_keep": keep,
                     "model": model,
                     "model_path": str(paths[model]),
                     "method": method,
@@ -243,7 +255,8 @@ def main() -> None:
         runs = results[config["name"]]
         time_stat, peak_stat = per_run_median(runs, "step_s"), scalar_stat(runs, "peak_rss_mb")
         tensor_stat = scalar_stat(runs, "tensor_peak_mb")
-        row = {key: config[key] for key in ("name", "model", "method", "checkpointing", "batch_size", "device")} | {
+        keys = ("name", "model", "method", "checkpointing", "batch_size", "device", "token_keep")
+        row = {key: config[key] for key in keys} | {
             "precision": config["variant"],
             "step_s": time_stat.as_dict(),
             "peak_rss_mb": peak_stat.as_dict(),
@@ -262,7 +275,7 @@ def main() -> None:
         table.append(
             [
                 config["model"],
-                config["method"],
+                config["method"] + (f" keep {config['token_keep']:g}" if config["token_keep"] != 1 else ""),
                 "on" if config["checkpointing"] else "off",
                 config["variant"],
                 f"{millions(row['trainable_params'])} / {millions(row['total_params'])}",
@@ -328,9 +341,25 @@ def main() -> None:
             ],
         )
     )
+    token_ratios = compute_token_ratios(rows)
+    if token_ratios:
+        print()
+        print(
+            markdown_table(
+                ["model", "grad ckpt", "precision", "keep", "LoRA step time vs every token"],
+                [[r["model"], r["checkpointing"], r["precision"], f"{r['keep']:g}", r["text"]] for r in token_ratios],
+            )
+        )
     for note in notes:
         print(f"\nNote: {note}")
-    payload = {"benchmark": "train_step", "machine": info, "rows": rows, "ratios": ratios, "notes": notes}
+    payload = {
+        "benchmark": "train_step",
+        "machine": info,
+        "rows": rows,
+        "ratios": ratios,
+        "token_ratios": token_ratios,
+        "notes": notes,
+    }
     write_json(args.json, payload | {"runs": results})
 
 
@@ -340,7 +369,7 @@ def millions(count: int) -> str:
 
 def compute_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """LoRA/full and probe/full per (model, checkpointing, precision), with the issue's targets."""
-    by_key = {(r["model"], r["method"], r["checkpointing"], r["precision"]): r for r in rows}
+    by_key = {(r["model"], r["method"], r["checkpointing"], r["precision"]): r for r in rows if r["token_keep"] == 1}
     ratios = []
     for (model, method, checkpointing, precision), full in by_key.items():
         if method != "full" or (model, "lora", checkpointing, precision) not in by_key:
@@ -376,6 +405,35 @@ def compute_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio["tensor_text"] = verdict(tensor_ratio, tensor_best, memory_target)
         ratio["probe_text"] = f"{ratio['probe_full_time']:.2f}x" if probe else "-"
         ratios.append(ratio)
+    return ratios
+
+
+def compute_token_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LoRA step time with token dropout against the same LoRA step on every token."""
+    full = {
+        (r["model"], r["checkpointing"], r["precision"]): r
+        for r in rows
+        if r["method"] == "lora" and r["token_keep"] == 1
+    }
+    ratios = []
+    for row in rows:
+        base = full.get((row["model"], row["checkpointing"], row["precision"]))
+        if row["method"] != "lora" or row["token_keep"] == 1 or base is None:
+            continue
+        median = row["step_s"]["median"] / base["step_s"]["median"]
+        best = row["step_s"]["min"] / base["step_s"]["min"]
+        ratios.append(
+            {
+                "model": row["model"],
+                "checkpointing": "on" if row["checkpointing"] else "off",
+                "precision": row["precision"],
+                "keep": row["token_keep"],
+                "time_ratio": median,
+                "time_ratio_best": best,
+                "target": TARGET_TOKEN_DROPOUT if row["token_keep"] == 0.5 else None,
+                "text": verdict(median, best, TARGET_TOKEN_DROPOUT) if row["token_keep"] == 0.5 else f"{median:.2f}x",
+            }
+        )
     return ratios
 
 

@@ -72,6 +72,25 @@ def test_train_step_quick(tmp_path):
     assert full_flops / lora_flops == pytest.approx(1.5) and rows["lora"]["mfu"] is None
 
 
+@pytest.mark.slow
+def test_train_step_token_dropout_quick(tmp_path):
+    stdout, result = run_benchmark(
+        "train_step.py", tmp_path, "--methods", "lora", "full", "--checkpointing", "off", "--token-keep", "1", "0.5"
+    )
+    rows = {(r["method"], r["precision"], r["token_keep"]): r for r in result["rows"]}
+    assert ("full", "fp32", 0.5) not in rows  # token dropout is a LoRA option
+    assert len(result["ratios"]) == 2  # LoRA/full pairs only every-token runs
+    by_precision = {r["precision"]: r for r in result["token_ratios"]}
+    assert set(by_precision) == {"fp32", "bf16"}
+    for precision, ratio in by_precision.items():
+        assert ratio["keep"] == 0.5 and ratio["target"] == 0.6
+        expected = (
+            rows[("lora", precision, 0.5)]["step_s"]["median"] / rows[("lora", precision, 1.0)]["step_s"]["median"]
+        )
+        assert ratio["time_ratio"] == pytest.approx(expected)
+    assert "LoRA step time vs every token" in stdout and "lora keep 0.5" in stdout
+
+
 def test_forward_macs_match_the_quoted_vit_b16_cost():
     spec = importlib.util.spec_from_file_location("train_step", BENCHMARKS / "train_step.py")
     module = importlib.util.module_from_spec(spec)
