@@ -20,7 +20,7 @@ from ..architectures import DEFAULT_PRESET, NORMALIZATIONS, PRESETS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
-DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 5e-5, "linear": 1e-2}
+DEFAULT_LEARNING_RATES = {"lora": 2e-3, "full": 5e-5, "linear": 1e-2}
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 STRATEGIES = ("no", "steps", "epoch")
 
@@ -125,7 +125,11 @@ class DataArguments:
         metadata={"help": "Unreadable images: skip them (listed in a warning), error on the first, or keep (no scan)."},
     )
     min_crop_scale: float = field(
-        default=0.08, metadata={"help": "Random resized crop: smallest crop area, as a fraction of the image."}
+        default=0.35,
+        metadata={
+            "help": "Random resized crop: smallest crop area, as a fraction of the image. 0.35 rather than "
+            "ImageNet's 0.08: a short fine-tuning run on small or low-resolution images learns less from tiny crops."
+        },
     )
     hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip (0 for text, digits, ...)."})
     auto_augment: Literal["rand", "trivial"] | None = field(
@@ -174,7 +178,7 @@ class TrainingArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start afresh even if output_dir holds checkpoints of an earlier run."}
     )
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per process."})
     learning_rate: float | None = field(
         default=None,
@@ -206,21 +210,23 @@ class TrainingArguments:
         metadata={"help": "Label smoothing of the training loss.", "aliases": ["--label_smoothing_factor"]},
     )
     min_steps: int = field(
-        default=0,
+        default=100,
         metadata={
             "help": "Floor of optimizer steps: a small dataset trains for more epochs than --num_train_epochs until "
             "it reaches this many steps. Ignored with --max_steps."
         },
     )
     token_keep: float = field(
-        default=1.0,
+        default=0.5,
         metadata={
-            "help": "Token dropout: fraction of each training image's patch tokens kept, in (0, 1]; 1 keeps all. "
-            "Evaluation and inference always see every token."
+            "help": "lora/full: token dropout, the fraction of each training image's patch tokens kept, in (0, 1]; "
+            "1 keeps all. "
+            "Evaluation and inference always see every token. Half the tokens train about as well per step at half "
+            "the cost (benchmarks/RESULTS.md)."
         },
     )
     head_init: Literal["random", "linear_probe"] = field(
-        default="random",
+        default="linear_probe",
         metadata={
             "help": "lora/full: start from a random head, or from a linear probe fitted on cached backbone features "
             "of the training images (LP-FT)."

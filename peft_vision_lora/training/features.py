@@ -118,10 +118,12 @@ def fit_linear_head(head: nn.Linear, dataset: FeatureDataset, *, l2: float = 1e-
     The penalty keeps the logits moderate: an unregularised fit of separable features grows without bound, and a
     saturated head passes almost no gradient on to the LoRA weights that train after it.
     """
-    device = head.weight.device
-    features, labels = dataset.features.to(device), dataset.labels.to(device)
-    weight = torch.zeros(head.out_features, head.in_features, device=device, requires_grad=True)
-    bias = torch.zeros(head.out_features, device=device, requires_grad=True)
+    # float64: L-BFGS's line search then follows the same path when the features differ by float32 rounding (as
+    # between 1 and N processes), so the head does too.
+    device, dtype = head.weight.device, torch.float64
+    features, labels = dataset.features.to(device, dtype), dataset.labels.to(device)
+    weight = torch.zeros(head.out_features, head.in_features, device=device, dtype=dtype, requires_grad=True)
+    bias = torch.zeros(head.out_features, device=device, dtype=dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -135,4 +137,5 @@ def fit_linear_head(head: nn.Linear, dataset: FeatureDataset, *, l2: float = 1e-
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)
-        return (head(features).argmax(-1) == labels).float().mean().item()
+        logits = torch.nn.functional.linear(features, weight, bias)
+        return (logits.argmax(-1) == labels).float().mean().item()

@@ -154,7 +154,7 @@ class Trainer:
         self.ema = EMA(unwrapped, training_args.ema_decay) if training_args.ema_decay > 0 else None
         self.token_dropout = (
             TokenDropout(unwrapped, training_args.token_keep, seed=training_args.seed)
-            if training_args.token_keep < 1 and not self.cached
+            if training_args.token_keep < 1 and model_args.method != "linear"
             else None
         )
         self.data_wait_s = 0.0  # time the training loop waited for its next batch
@@ -340,7 +340,7 @@ class Trainer:
                 )
         self._start_logging()
         self.started = started = time.perf_counter()
-        if self.resume is None and self.args.head_init == "linear_probe" and not self.cached:
+        if self.resume is None and self.args.head_init == "linear_probe" and self.model_args.method != "linear":
             self._linear_probe_init()
         self._fit()
         if self.token_dropout is not None:
@@ -513,6 +513,7 @@ class Trainer:
             options = (vars(a).items() for a in (self.model_args, self.data_args, self.args))
             config = {k: v for items in options for k, v in items if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("peft_vision_lora", config=config)
+        self.accelerator.print(self.recipe())
         logger.info(
             "Training %s (%s) on %d images of %d classes: %d steps of %d images on %d process(es).",
             self.base,
@@ -532,6 +533,37 @@ class Trainer:
         if self.started is None:
             return 0.0
         return self.features_runtime + time.perf_counter() - self.started - self.eval_s
+
+    def recipe(self) -> str:
+        """The choices this run trains with, in one line (printed at start, where defaults were resolved)."""
+        args, model_args, data_args = self.args, self.model_args, self.data_args
+        epochs = self.total_steps / self.steps_per_epoch
+        floor = " (the --min_steps floor)" if args.max_steps <= 0 and self.total_steps == args.min_steps else ""
+        parts = [
+            model_args.method
+            + (f" {model_args.preset} r={model_args.r}" if model_args.method == "lora" else "")
+            + (f" on the last {model_args.lora_layers} layers" if model_args.lora_layers else ""),
+            f"lr {args.learning_rate or DEFAULT_LEARNING_RATES[model_args.method]:g}",
+            f"batch {self.global_batch_size}",
+            f"{self.total_steps} steps = {epochs:.1f} epochs{floor}",
+            f"{self.target_size} px"
+            + (
+                f" after {'/'.join(map(str, data_args.resolution_schedule[:-1]))}"
+                if data_args.resolution_schedule
+                else ""
+            ),
+            f"crop scale {data_args.min_crop_scale:g}-1",
+            self.accelerator.mixed_precision if self.accelerator.mixed_precision != "no" else "fp32",
+        ]
+        if self.token_dropout is not None:
+            parts.append(f"token keep {args.token_keep:g}")
+        if args.head_init == "linear_probe" and model_args.method != "linear":
+            parts.append("head from a linear probe")
+        if args.ema_decay:
+            parts.append(f"EMA {args.ema_decay:g}")
+        if args.tta_flip:
+            parts.append("flip TTA")
+        return "Recipe: " + ", ".join(parts)
 
     def _evaluate(self, split: str) -> dict[str, Any]:
         started = time.perf_counter()

@@ -83,8 +83,8 @@ def test_min_steps_is_a_floor_and_max_steps_wins(tiny_vit, tiny_data, tmp_path):
 def test_linear_probe_head_init_starts_from_a_fitted_head(tiny_vit, tiny_data, tmp_path):
     # One step at a tiny learning rate: the result is essentially the initial model.
     flags = ["--max_steps", "1", "--learning_rate", "1e-9", "--eval_strategy", "no", "--save_strategy", "no"]
-    random_head = run(tiny_vit, tiny_data, tmp_path / "random", *flags)
-    probed = run(tiny_vit, tiny_data, tmp_path / "probed", *flags, "--head_init", "linear_probe")
+    random_head = run(tiny_vit, tiny_data, tmp_path / "random", *flags, "--head_init", "random")
+    probed = run(tiny_vit, tiny_data, tmp_path / "probed", *flags)  # the default
     assert probed["test"]["loss"] < random_head["test"]["loss"]
     assert probed["test"]["top1_accuracy"] > 0.9  # the colour classes are linearly separable in the tiny features
 
