@@ -18,7 +18,7 @@ Recipes, all LoRA on the shared ViT-S/14 (DINOv2 weights) through our loop:
 - ``hand-loop``: the settings of a plain 60-line loop: qkv r=8, AdamW lr 2e-3 (warmup + cosine), batch 32, crop
   scale 0.35-1, fp32, 3 epochs.
 
-The test split is evaluated 4 times per run; the clock counts training only (``train_s`` of the run's log:
+The test split is evaluated ``--evaluations`` times per run (4); the clock counts training only (``train_s`` of the run's log:
 evaluations excluded, LP-FT head fitting included). Reported per dataset and recipe over the seeds: mean +- std test
 top-1, seconds to 90% and 95% of the best mean final top-1 of that dataset (first evaluation at or above it;
 "-" if a seed never got there), training seconds, whole-run seconds (process start to saved folder, the
@@ -76,7 +76,6 @@ HAND_LOOP_FLAGS = [
     "--ema_decay", "0", "--tta_flip", "false",
 ]  # fmt: skip
 RECIPE_FLAGS = {"previous": PREVIOUS_FLAGS, "default": [], "stock": STOCK_FLAGS, "hand-loop": HAND_LOOP_FLAGS}
-EVALUATIONS = 4
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -94,8 +93,8 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         flags = [*config["flags"], "--output_dir", out, "--save_strategy", "no", "--disable_tqdm"]
         trainer = Trainer(*parse_args([*flags, "--eval_steps", "1"]))
-        # Evaluate EVALUATIONS times whatever the run's length (known only once the data is loaded).
-        trainer.args.eval_steps = max(1, math.ceil(trainer.total_steps / EVALUATIONS))
+        # Evaluate this many times whatever the run's length (known only once the data is loaded).
+        trainer.args.eval_steps = max(1, math.ceil(trainer.total_steps / config["evaluations"]))
         results = trainer.train()
     wall_s = time.perf_counter() - started
     curve = [
@@ -190,6 +189,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image_size", type=int, default=112)
+    parser.add_argument("--evaluations", type=int, default=4, help="test evaluations per run, the last at the end")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one run")
     args = parser.parse_args()
 
@@ -210,6 +210,7 @@ def main() -> None:
                     flags = ["--model", str(model), "--dataset", str(path), "--normalization", "imagenet"]
                     flags += ["--image_size", str(args.image_size), "--seed", str(seed), *RECIPE_FLAGS[recipe], *extra]
                     config = {"name": f"{name}/{recipe}/{seed}", "flags": flags, "threads": args.threads}
+                    config["evaluations"] = args.evaluations
                     started = time.perf_counter()
                     try:
                         result = run_child(Path(__file__), config, timeout=args.timeout)
@@ -253,8 +254,8 @@ def main() -> None:
     info = machine_info(args.threads)
     print(format_machine(info))
     print(
-        f"ViT-S/14 (DINOv2) LoRA at {args.image_size} px; seeds {args.seeds}; test top-1 evaluated {EVALUATIONS} "
-        "times per run; seconds are training seconds (evaluation excluded) unless 'run s'.\n"
+        f"ViT-S/14 (DINOv2) LoRA at {args.image_size} px; seeds {args.seeds}; test top-1 evaluated "
+        f"{args.evaluations} times per run; seconds are training seconds (evaluation excluded) unless 'run s'.\n"
     )
     headers = ["dataset", "recipe", "test top-1 %", "s to 90%", "s to 95%", "train s", "run s", "img/s", "data wait"]
     print(markdown_table([*headers, "precision"], table))
