@@ -18,9 +18,9 @@ Recipes, all LoRA on the shared ViT-S/14 (DINOv2 weights) through our loop:
 - ``hand-loop``: the settings of a plain 60-line loop: qkv r=8, AdamW lr 2e-3 (warmup + cosine), batch 32, crop
   scale 0.35-1, fp32, 3 epochs.
 
-The test split is evaluated ``--evaluations`` times per run (4); the clock counts training only (``train_s`` of the run's log:
-evaluations excluded, LP-FT head fitting included). Reported per dataset and recipe over the seeds: mean +- std test
-top-1, seconds to 90% and 95% of the best mean final top-1 of that dataset (first evaluation at or above it;
+The test split is evaluated ``--evaluations`` times per run (4); the clock counts training only (``train_s`` of the
+run's log: evaluations excluded, LP-FT head fitting included). Reported per dataset and recipe over the seeds: mean
++- std test top-1, seconds to 90% and 95% of the best mean final top-1 of that dataset (first evaluation at or above it;
 "-" if a seed never got there), training seconds, whole-run seconds (process start to saved folder, the
 intermediate evaluations left out), img/s, the fraction of training time spent waiting for data.
 
