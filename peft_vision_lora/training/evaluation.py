@@ -70,6 +70,14 @@ def evaluate_model(
     forward_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on every sample of ``dataloader`` (all processes get the same result)."""
+    return compute_metrics(*predict_logits(model, dataloader, accelerator, forward_kwargs), labels)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, dataloader: DataLoader, accelerator: Accelerator, forward_kwargs: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float logits and true labels of every sample of ``dataloader``, in dataset order, gathered on every process."""
     was_training = model.training
     model.eval()
     all_logits, all_refs = [], []
@@ -79,4 +87,4 @@ def evaluate_model(
         all_logits.append(logits.cpu())
         all_refs.append(refs.cpu())
     model.train(was_training)
-    return compute_metrics(torch.cat(all_logits), torch.cat(all_refs), labels)
+    return torch.cat(all_logits), torch.cat(all_refs)
