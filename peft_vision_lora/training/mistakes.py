@@ -58,7 +58,7 @@ def plot_mistakes(
         return Path(path)
     columns = min(MAX_COLUMNS, len(mistakes))
     rows = -(-len(mistakes) // columns)
-    fig = Figure(figsize=(3.2 * columns, 3.6 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(max(3.2 * columns, 4.5), 3.6 * rows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).flatten())
     for ax in axes:
         ax.axis("off")
@@ -67,6 +67,6 @@ def plot_mistakes(
         ax.set_title(
             f"true: {mistake.true}\npredicted: {mistake.predicted} ({mistake.score:.2f})", fontsize=10, color="#b00020"
         )
-    fig.suptitle(f"Most confident mistakes ({len(mistakes)} shown, of {num_samples} images)")
+    fig.suptitle(f"Most confident mistakes\n{len(mistakes)} shown, of {num_samples} images", fontsize=11)
     fig.savefig(path, dpi=100)
     return Path(path)
