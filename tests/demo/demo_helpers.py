@@ -20,10 +20,18 @@ from peft_vision_lora.training.plots import plot_confusion_matrix, plot_training
 TWO_CLASSES = ("sunflower", "bluebell")  # far apart in colour and shape: a tiny run tells them apart reliably
 
 
-def make_adapter(base: Path, folder: Path, labels: Sequence[str], seed: int = 0, *, results: bool = True) -> Path:
+def make_adapter(
+    base: Path,
+    folder: Path,
+    labels: Sequence[str],
+    seed: int = 0,
+    *,
+    results: bool = True,
+    image_size: int | None = None,
+) -> Path:
     """A random (non-identity) LoRA adapter with its own head; with ``results``, the files a training run leaves."""
     torch.manual_seed(seed)
-    model = pvl.build_model(base, list(labels), init_lora_weights=False)
+    model = pvl.build_model(base, list(labels), init_lora_weights=False, image_size=image_size)
     pvl.save_pretrained(model, folder)
     if results:
         log = [{"step": s, "loss": 1.0 / s, "learning_rate": 1e-3 * (1 - s / 5)} for s in range(1, 5)]
