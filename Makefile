@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 system-deps:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+# Chromium and its WebDriver for the demo's real-browser test (tests/test_demo_browser.py).
+	@{ dpkg -s chromium >/dev/null 2>&1 && dpkg -s chromium-driver >/dev/null 2>&1; } || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -4,6 +4,8 @@ peft-vision-lora train --dataset flowers/ --output_dir out/     # or: peft-visio
 peft-vision-lora push out/ user/flowers-lora [--private]
 peft-vision-lora merge out/ merged/                            # standalone transformers model, no PEFT needed
 peft-vision-lora predict out/ photo.jpg [more.jpg ...] [--top_k 3]
+peft-vision-lora evaluate out/ --dataset flowers/ [--split test]    # metrics.json, confusion matrix, mistakes grid
+peft-vision-lora demo out/ [more/ ...] [--host 127.0.0.1] [--port 7860]   # Gradio web page (the demo extra)
 """
 
 from __future__ import annotations
@@ -39,14 +41,37 @@ def _push(argv: list[str]) -> int:
     parser.add_argument("repo_id", help="Hub repository as user/name; created if it does not exist.")
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--commit_message", default=None, help="Message of the upload commit.")
+    parser.add_argument(
+        "--space",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SPACE_ID",
+        help="Also write and push a Gradio Space (app.py, requirements.txt) running the demo of repo_id; "
+        "SPACE_ID defaults to repo_id-demo.",
+    )
+    parser.add_argument("--space_dir", default=None, help="Where the Space's files are written (default: a tmp dir).")
     args = parser.parse_args(argv)
     try:
         url = push_to_hub(args.folder, args.repo_id, private=args.private, commit_message=args.commit_message)
+        print(url)
+        if args.space is not None:
+            print(_push_space(args))
     except (HubPushError, FileNotFoundError) as error:
         print(f"{PROG} push: error: {error}", file=sys.stderr)
         return 1
-    print(url)
     return 0
+
+
+def _push_space(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from .demo.space import default_space_id, push_space, space_warnings, write_space
+
+    for warning in space_warnings(args.folder):
+        print(f"{PROG} push: warning: {warning}", file=sys.stderr)
+    space_dir = write_space(args.space_dir or tempfile.mkdtemp(prefix="pvl-space-"), [args.repo_id])
+    return push_space(space_dir, args.space or default_space_id(args.repo_id), private=args.private)
 
 
 def _merge(argv: list[str]) -> int:
@@ -77,12 +102,86 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _evaluate(argv: list[str]) -> int:
+    import json
+
+    from .training.evaluate_folder import default_output_dir, evaluate_folder
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} evaluate",
+        description="Evaluate a trained folder on a dataset split: top-1/top-5/per-class accuracy and loss in "
+        "metrics.json (merged into a run's own), confusion_matrix.png and mistakes.png, the most confident mistakes.",
+    )
+    parser.add_argument("model", help="Adapter folder, merged or fully fine-tuned model folder, or Hub id.")
+    parser.add_argument("--dataset", required=True, help="Anything load_image_dataset reads (folder, Hub id, ...).")
+    parser.add_argument("--split", default="test", help="Split to evaluate.")
+    parser.add_argument("--dataset_format", default=None, help="Dataset layout, when it is not detected.")
+    parser.add_argument(
+        "--output_dir", default=None, help="Where the files go (default: the folder itself; eval-<id> for a Hub id)."
+    )
+    parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass.")
+    parser.add_argument("--num_mistakes", type=int, default=16, help="Mistakes shown in mistakes.png.")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_folder(
+            args.model,
+            args.dataset,
+            split=args.split,
+            output_dir=args.output_dir,
+            batch_size=args.batch_size,
+            num_mistakes=args.num_mistakes,
+            dataset_format=args.dataset_format,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{PROG} evaluate: error: {error}", file=sys.stderr)
+        return 1
+    headline = {k: metrics[k] for k in ("top1_accuracy", "top5_accuracy", "loss", "num_samples") if k in metrics}
+    out = args.output_dir or default_output_dir(args.model)
+    print(json.dumps({"split": args.split, **headline, "output_dir": str(out)}))
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} demo",
+        description="Serve a web page (Gradio) to try adapters on your own images, with the runs' training results. "
+        "Needs the demo extra: pip install 'peft_vision_lora[demo]'.",
+    )
+    parser.add_argument("models", nargs="+", metavar="PATH_OR_ID", help="Adapter folders or Hub ids (one backbone).")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Address to listen on. The default 127.0.0.1 serves this machine only; --host 0.0.0.0 is an explicit "
+        "choice that serves every network this machine is on, to anyone who can reach it (no authentication).",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="Port to listen on.")
+    parser.add_argument("--top_k", type=int, default=5, help="Labels shown per image.")
+    parser.add_argument("--base_model", default=None, help="Backbone location, if not the one the adapters record.")
+    args = parser.parse_args(argv)
+    try:
+        from .demo import launch
+    except ImportError as error:
+        print(
+            f"{PROG} demo: error: {error}. Install the demo extra: pip install 'peft_vision_lora[demo]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        launch(args.models, host=args.host, port=args.port, top_k=args.top_k, base_model=args.base_model)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{PROG} demo: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # name -> (one-line help, handler receiving the arguments after the name and returning the exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "train": ("Fine-tune a vision transformer (LoRA, full or linear probe) on an image dataset.", _train),
     "push": ("Upload an adapter folder to the Hugging Face Hub.", _push),
     "merge": ("Merge an adapter into its backbone: a standalone transformers model folder.", _merge),
     "predict": ("Classify image files with an adapter or model folder (JSON lines).", _predict),
+    "evaluate": ("Evaluate a trained folder on a dataset split (metrics, confusion matrix, mistakes grid).", _evaluate),
+    "demo": ("Serve a web page to try adapter folders or Hub ids on your own images (Gradio).", _demo),
 }
 
 

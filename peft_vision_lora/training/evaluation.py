@@ -76,6 +76,19 @@ def evaluate_model(
     ``tta_flip`` averages the class probabilities of each image and its mirror image (images only; cached features
     have no mirror image); the logits reported are then the log of those averages.
     """
+    return compute_metrics(*predict_logits(model, dataloader, accelerator, forward_kwargs, tta_flip=tta_flip), labels)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    dataloader: DataLoader,
+    accelerator: Accelerator,
+    forward_kwargs: dict[str, Any] | None = None,
+    *,
+    tta_flip: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float logits and true labels of every sample of ``dataloader``, in dataset order, gathered on every process."""
     was_training = model.training
     model.eval()
     all_logits, all_refs = [], []
@@ -89,4 +102,4 @@ def evaluate_model(
         all_logits.append(logits.cpu())
         all_refs.append(refs.cpu())
     model.train(was_training)
-    return compute_metrics(torch.cat(all_logits), torch.cat(all_refs), labels)
+    return torch.cat(all_logits), torch.cat(all_refs)
