@@ -28,10 +28,12 @@ class TokenDropout:
     :meth:`remove` takes the hook off.
     """
 
-    def __init__(self, model: nn.Module, keep: float, *, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, keep: float, *, seed: int = 0, min_tokens: int = 1) -> None:
         if not 0 < keep <= 1:
             raise ValueError(f"--token_keep must be in (0, 1], got {keep}.")
-        self.keep, self.seed = keep, seed
+        if min_tokens < 1:
+            raise ValueError(f"--token_keep_min must be >= 1, got {min_tokens}.")
+        self.keep, self.seed, self.min_tokens = keep, seed, min_tokens
         self._batch, self._rows, self._global_rows = 0, None, None
         self._handle: RemovableHandle | None = embeddings_module(model).register_forward_hook(self._hook)
 
@@ -40,7 +42,9 @@ class TokenDropout:
         self._batch, self._rows, self._global_rows = batch, rows, global_rows
 
     def kept_tokens(self, num_patches: int) -> int:
-        return max(1, round(self.keep * num_patches))
+        """Patches kept of ``num_patches``: ``keep`` of them, but never fewer than ``min_tokens`` (small images,
+        whose few tokens are cheap and each carry much of the image, keep them all)."""
+        return min(num_patches, max(self.min_tokens, round(self.keep * num_patches)))
 
     def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
         if not module.training or self.keep >= 1:
@@ -48,6 +52,8 @@ class TokenDropout:
         hidden = output[0] if isinstance(output, tuple) else output
         batch, tokens, dim = hidden.shape
         keep = self.kept_tokens(tokens - 1)
+        if keep == tokens - 1:
+            return None
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._batch)
         noise = torch.rand(self._global_rows or batch, tokens - 1, generator=generator)
         if self._rows is not None:

@@ -69,3 +69,12 @@ def test_keep_outside_the_range_names_the_flag(tiny_models, keep):
     model = pvl.build_model(tiny_models["vit"], ["a", "b"])
     with pytest.raises(ValueError, match=r"--token_keep must be in \(0, 1\]"):
         TokenDropout(model, keep)
+
+
+def test_small_images_keep_at_least_min_tokens(tiny_models, pixel_values):
+    model = pvl.build_model(tiny_models["vit"], ["a", "b"]).train()
+    lengths = _encoder_lengths(model)
+    dropout = TokenDropout(model, 0.25, min_tokens=6)
+    assert [dropout.kept_tokens(n) for n in (4, 16, 64)] == [4, 6, 16]
+    model(pixel_values=pixel_values)
+    assert lengths == [1 + 6]

@@ -225,6 +225,13 @@ class TrainingArguments:
             "the cost (benchmarks/RESULTS.md)."
         },
     )
+    token_keep_min: int = field(
+        default=32,
+        metadata={
+            "help": "Token dropout never keeps fewer patches than this; images with fewer keep all of them (at 56 px "
+            "a ViT/14 has 16 patches: cheap, and each one carries much of the image)."
+        },
+    )
     head_init: Literal["random", "linear_probe"] = field(
         default="linear_probe",
         metadata={
@@ -309,6 +316,8 @@ class TrainingArguments:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if not 0 < self.token_keep <= 1:
             raise ValueError(f"--token_keep must be in (0, 1], got {self.token_keep}.")
+        if self.token_keep_min < 1:
+            raise ValueError(f"--token_keep_min must be >= 1, got {self.token_keep_min}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
         if self.min_steps < 0:

@@ -153,7 +153,9 @@ class Trainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         self.ema = EMA(unwrapped, training_args.ema_decay) if training_args.ema_decay > 0 else None
         self.token_dropout = (
-            TokenDropout(unwrapped, training_args.token_keep, seed=training_args.seed)
+            TokenDropout(
+                unwrapped, training_args.token_keep, seed=training_args.seed, min_tokens=training_args.token_keep_min
+            )
             if training_args.token_keep < 1 and model_args.method != "linear"
             else None
         )
@@ -556,7 +558,9 @@ class Trainer:
             self.accelerator.mixed_precision if self.accelerator.mixed_precision != "no" else "fp32",
         ]
         if self.token_dropout is not None:
-            parts.append(f"token keep {args.token_keep:g}")
+            patches = (self.target_size // self.accelerator.unwrap_model(self.model).config.patch_size) ** 2
+            kept = self.token_dropout.kept_tokens(patches)
+            parts.append(f"token keep {args.token_keep:g} ({kept} of {patches} patches)")
         if args.head_init == "linear_probe" and model_args.method != "linear":
             parts.append("head from a linear probe")
         if args.ema_decay:

@@ -183,7 +183,8 @@ def test_empty_split_fails_before_training(tiny_vit, tmp_path):
 
 # Token dropout, progressive resolution (16 px in epochs 0-1, 32 px in epoch 2), EMA, LP-FT head and LoRA depth.
 RECIPE_OPTIONS = [
-    "--token_keep", "0.5", "--resolution_schedule", "16", "32", "--ema_decay", "0.8", "--head_init", "linear_probe",
+    "--token_keep", "0.5", "--token_keep_min", "1",
+    "--resolution_schedule", "16", "32", "--ema_decay", "0.8", "--head_init", "linear_probe",
     "--lora_layers", "1", "--tta_flip",
 ]  # fmt: skip
 

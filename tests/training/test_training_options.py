@@ -97,6 +97,7 @@ def test_command_reproduces_the_options():
         (lambda: TrainingArguments("o", eval_strategy="steps"), "--eval_steps"),
         (lambda: TrainingArguments("o", token_keep=0), "--token_keep"),
         (lambda: TrainingArguments("o", token_keep=1.5), "--token_keep"),
+        (lambda: TrainingArguments("o", token_keep_min=0), "--token_keep_min"),
         (lambda: TrainingArguments("o", ema_decay=1), "--ema_decay"),
         (lambda: TrainingArguments("o", min_steps=-1), "--min_steps"),
         (lambda: ModelArguments(lora_layers=0), "--lora_layers"),

@@ -17,7 +17,8 @@ from peft_vision_lora.architectures import get_architecture
 from peft_vision_lora.training import parse_args, train
 
 ALL_OPTIONS = [
-    "--token_keep", "0.5", "--lora_layers", "1", "--resolution_schedule", "16", "32", "--head_init", "linear_probe",
+    "--token_keep", "0.5", "--token_keep_min", "1",
+    "--lora_layers", "1", "--resolution_schedule", "16", "32", "--head_init", "linear_probe",
     "--ema_decay", "0.9", "--tta_flip",
 ]  # fmt: skip
 
