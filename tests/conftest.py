@@ -15,24 +15,23 @@ from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2Model,
-    ViTConfig,
     ViTForImageClassification,
     ViTModel,
 )
+
+from peft_vision_lora.testing import TINY_VIT, tiny_vit_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_VIT = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
 FLOWERS12 = SHARED / "data" / "flowers12"
 
-TINY = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
-)
+TINY = TINY_VIT  # every family's tiny checkpoint has the tiny ViT's geometry
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99)
 
 # name -> factory of a randomly initialised model; covers every class the architecture table promises.
 TINY_MODELS = {
-    "vit": lambda: ViTForImageClassification(ViTConfig(**TINY)),
-    "vit-backbone": lambda: ViTModel(ViTConfig(**TINY)),
+    "vit": lambda: ViTForImageClassification(tiny_vit_config()),
+    "vit-backbone": lambda: ViTModel(tiny_vit_config()),
     "dinov2": lambda: Dinov2ForImageClassification(Dinov2Config(**TINY)),
     "dinov2-backbone": lambda: Dinov2Model(Dinov2Config(**TINY)),
     "clip": lambda: CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=TINY)),
