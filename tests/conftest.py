@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,24 @@ def flowers12() -> Path:
     if not (FLOWERS12 / "train").is_dir():
         pytest.skip(f"flowers12 not found at {FLOWERS12} (../shared is absent)")
     return FLOWERS12
+
+
+@pytest.fixture(params=[0o022, 0o027], ids=oct)
+def umask(request: pytest.FixtureRequest):
+    """Run the test under umask 0o022, then 0o027; the process's own umask is restored afterwards."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+@pytest.fixture
+def assert_umask_modes(umask: int) -> Callable[[Path], None]:
+    """Check that a folder and everything under it has the modes the umask gives new files and folders."""
+
+    def check(root: Path) -> None:
+        paths = [root, *root.rglob("*")]
+        found = {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in paths}
+        expected = {str(p.relative_to(root)): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in paths}
+        assert found == expected
+
+    return check
