@@ -209,25 +209,20 @@ def write_model_folder(
     usage example shows.
     """
     folder = Path(folder)
-    if not isinstance(model, PeftModel):
-        processor = image_processor or default_image_processor(model.config)
-        model.save_pretrained(folder, safe_serialization=True)
-        processor.save_pretrained(folder)
-        write_model_card(folder, model, method=method, metrics=metrics, command=command, dataset=dataset, name=name)
-        return folder
-    classifier = model.get_base_model()
-    peft_config = model.peft_config[model.active_adapter]
-    base_name = peft_config.base_model_name_or_path or classifier.name_or_path
+    lora = isinstance(model, PeftModel)
+    classifier = model.get_base_model() if lora else model
     processor = image_processor or getattr(model, "vision_lora_image_processor", None)
     if processor is None:
         processor = default_image_processor(classifier.config)
     model.save_pretrained(folder, safe_serialization=True)
-    VisionLoraConfig.from_backbone(
-        classifier.config, base_name, getattr(model, "vision_lora_preset", None)
-    ).save_pretrained(folder)
     processor.save_pretrained(folder)
+    base_name = None
+    if lora:
+        base_name = model.peft_config[model.active_adapter].base_model_name_or_path or classifier.name_or_path
+        preset = getattr(model, "vision_lora_preset", None)
+        VisionLoraConfig.from_backbone(classifier.config, base_name, preset).save_pretrained(folder)
     write_model_card(
-        folder, model, base_name, metrics=metrics, command=command, dataset=dataset, name=name or folder.name
+        folder, model, base_name, method=method, metrics=metrics, command=command, dataset=dataset, name=name
     )
     return folder
 
