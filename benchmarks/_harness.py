@@ -120,17 +120,17 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
 
 
 def make_random_vit(folder: Path, quick: bool) -> Path:
-    """ViT-B/16 geometry (or, for --quick, a tiny ViT) with random weights, saved once so every worker loads it."""
+    """ViT-B/16 geometry (or, for --quick, the test suite's tiny ViT) with random weights, saved once so every worker
+    loads it."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
+    from peft_vision_lora.testing import make_tiny_vit
+
+    if quick:  # in 16 px patches: the time-to-accuracy smoke run's two epochs learn its colours at that size
+        return make_tiny_vit(folder, patch_size=16)
     torch.manual_seed(0)
-    config = (
-        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32)
-        if quick
-        else ViTConfig()
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
+    ViTForImageClassification(ViTConfig()).save_pretrained(folder)
     return folder
 
 

@@ -5,7 +5,9 @@ At batch 8, 224 px, on the shared ViT-S/14 and on ViT-B/16 geometry with random 
 - images/s of the base classifier, the LoRA model unmerged (``load_model``) and merged (``load_model(merge=True)``);
 - ``pipeline("image-classification", model=<adapter folder>)`` on 8 PIL images end to end against a bare forward of
   the same model on the same, already preprocessed, batch (both timed in one worker, interleaved);
-- peak memory of one ``MultiAdapterClassifier`` serving 4 adapters against 4 merged models in one process.
+- peak memory of one ``MultiAdapterClassifier`` serving 4 adapters against 4 merged models in one process;
+- one mixed batch (a quarter of the images for each of 4 adapters, one forward) against 4 single-adapter batches of
+  the same images on the same ``MultiAdapterClassifier``: time, peak RSS and tensor peak.
 
 Every configuration runs in its own subprocess, in A B A B order; see ``_harness``.
 
@@ -33,9 +35,11 @@ from _harness import (
     machine_info,
     make_random_vit,
     markdown_table,
+    peak_rss_mb,
     per_run_median,
     reset_peak_rss,
     scalar_stat,
+    tensor_peak_mb,
     time_calls,
     verdict,
     write_json,
@@ -47,7 +51,8 @@ TARGET_MERGED = 1.02
 TARGET_PIPELINE_OVERHEAD = 0.10
 FORWARD_VARIANTS = ("base", "lora-unmerged", "lora-merged")
 SERVING_VARIANTS = ("multi-adapter", "merged-models")
-KINDS = ("forward", "paired", "pipeline", "serving")
+MIXED_VARIANTS = ("mixed-batch", "single-adapter-batches")
+KINDS = ("forward", "paired", "pipeline", "serving", "mixed")
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -174,9 +179,55 @@ def serving_work(config: dict[str, Any]) -> dict[str, Any]:
     return {"batch_s": times, "setup_rss_mb": setup_rss, "load_peak_rss_mb": load_peak}
 
 
+def mixed_work(config: dict[str, Any]) -> dict[str, Any]:
+    """The same images, a quarter per adapter: one mixed forward, or one forward per adapter."""
+    import torch
+
+    import peft_vision_lora as pvl
+
+    names = [f"task{i}" for i in range(len(config["adapters"]))]
+    server = pvl.MultiAdapterClassifier(config["model_path"])
+    for name, folder in zip(names, config["adapters"]):
+        server.add_adapter(name, folder)
+    per_adapter = max(1, config["batch_size"] // len(names))
+    size = config["image_size"]
+    pixel_values = torch.randn(per_adapter * len(names), 3, size, size)
+    owners = [name for name in names for _ in range(per_adapter)]
+
+    if config["variant"] == "mixed-batch":
+
+        def classify() -> None:
+            server(pixel_values, adapter=owners)
+    else:
+
+        def classify() -> None:
+            for i, name in enumerate(names):
+                server(pixel_values[i * per_adapter : (i + 1) * per_adapter], adapter=name)
+
+    setup_rss = current_rss_mb()
+    load_peak = reset_peak_rss()
+    times = time_calls(classify, config["warmup"], config["batches"])
+    peak_rss = peak_rss_mb()  # before the profiler's own allocations
+    tensor_peak = tensor_peak_mb(classify, [*server.parameters(), *server.buffers(), pixel_values])
+    return {
+        "batch_s": times,
+        "images": len(owners),
+        "setup_rss_mb": setup_rss,
+        "load_peak_rss_mb": load_peak,
+        "peak_rss_mb": peak_rss,
+        "tensor_peak_mb": tensor_peak,
+    }
+
+
 def work(config: dict[str, Any]) -> dict[str, Any]:
     kind = config["kind"]
-    workers = {"forward": forward_work, "paired": paired_work, "pipeline": pipeline_work, "serving": serving_work}
+    workers = {
+        "forward": forward_work,
+        "paired": paired_work,
+        "pipeline": pipeline_work,
+        "serving": serving_work,
+        "mixed": mixed_work,
+    }
     return workers[kind](config)
 
 
@@ -238,6 +289,7 @@ def main() -> None:
             model_configs.append({"name": f"{model}/paired", "kind": "paired", "variant": "base+merged"})
             model_configs.append({"name": f"{model}/pipeline", "kind": "pipeline", "variant": "pipeline"})
             model_configs += [{"name": f"{model}/{v}", "kind": "serving", "variant": v} for v in SERVING_VARIANTS]
+            model_configs += [{"name": f"{model}/{v}", "kind": "mixed", "variant": v} for v in MIXED_VARIANTS]
             configs += [config | common for config in model_configs if config["kind"] in args.kinds]
         results = alternate(Path(__file__), configs, repeats)
 
@@ -257,6 +309,27 @@ def main() -> None:
             ],
         )
     )
+    mixed = [r for r in rows if r["tensor_peak_mb"]]
+    if mixed:
+        print(
+            f"\nThe same images, a quarter per adapter, on one MultiAdapterClassifier with {NUM_ADAPTERS} adapters:\n"
+        )
+        print(
+            markdown_table(
+                ["model", "configuration", "images", "s / round", "tensor peak MiB", "peak RSS MiB"],
+                [
+                    [
+                        r["model"],
+                        r["variant"],
+                        str(r["images"]),
+                        r["time_text"],
+                        f"{r['tensor_peak_mb']['median']:.1f}",
+                        r["peak_text"],
+                    ]
+                    for r in mixed
+                ],
+            )  # fmt: skip
+        )
     print()
     print(markdown_table(["model", "ratio", "value"], [[s["model"], s["ratio"], s["text"]] for s in summary]))
     for note in notes:
@@ -308,6 +381,7 @@ def summarize(
             measured = {config["variant"]: per_run_median(runs, "batch_s")}
         peak = scalar_stat(runs, "peak_rss_mb")
         setup = scalar_stat(runs, "setup_rss_mb") if "setup_rss_mb" in runs[0] else None
+        tensor_peak = scalar_stat(runs, "tensor_peak_mb") if "tensor_peak_mb" in runs[0] else None
         for variant, stat in measured.items():
             times[(config["model"], variant)] = stat
             rows.append(
@@ -315,9 +389,11 @@ def summarize(
                     "model": config["model"],
                     "variant": variant,
                     "batch_s": stat.as_dict(),
+                    "images": batch,
                     "images_per_s": batch / stat.median,
                     "peak_rss_mb": peak.as_dict(),
                     "setup_rss_mb": setup.as_dict() if setup else None,
+                    "tensor_peak_mb": tensor_peak.as_dict() if tensor_peak else None,
                     "time_text": stat.format(),
                     "peak_text": peak.format(0),
                     "setup_text": setup.format(0) if setup else "-",
@@ -345,6 +421,17 @@ def summarize(
         if "multi-adapter" in memory:
             name = f"{NUM_ADAPTERS} adapters on 1 backbone / {NUM_ADAPTERS} merged models, peak RSS"
             summary.append(ratio(model, name, memory["multi-adapter"] / memory["merged-models"]))
+        if (model, "mixed-batch") in times:
+            mixed, single = times[(model, "mixed-batch")], times[(model, "single-adapter-batches")]
+            tensor = {
+                r["variant"]: r["tensor_peak_mb"]["median"] for r in rows if r["model"] == model and r["tensor_peak_mb"]
+            }
+            prefix = f"1 mixed batch of {NUM_ADAPTERS} adapters / {NUM_ADAPTERS} single-adapter batches"
+            summary += [
+                ratio(model, f"{prefix}, time", mixed.median / single.median, mixed.min / single.min),
+                ratio(model, f"{prefix}, peak RSS", memory["mixed-batch"] / memory["single-adapter-batches"]),
+                ratio(model, f"{prefix}, tensor peak", tensor["mixed-batch"] / tensor["single-adapter-batches"]),
+            ]
     return rows, summary
 
 

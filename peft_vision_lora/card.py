@@ -1,4 +1,7 @@
-"""The model card (README.md) written next to every adapter: Hub metadata, labels, results and how to use it."""
+"""The model card (README.md) of every model folder: Hub metadata, labels, results and how to use it.
+
+One writer for both kinds of folder: LoRA adapters and the plain classifiers of full fine-tuning and linear probing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 
 import yaml
 from peft import PeftModel
+from transformers import PreTrainedModel
 
 TAGS = ["peft", "lora", "peft_vision_lora", "image-classification", "vision-transformer"]
 
@@ -23,45 +27,65 @@ def _results_table(metrics: dict[str, Any]) -> str:
     return f"## Results\n\n| metric | value |\n|---|---|\n{rows}\n\n"
 
 
+def _description(model: PeftModel | PreTrainedModel, method: str, labels: list[str]) -> str:
+    if isinstance(model, PeftModel):
+        config = model.peft_config[model.active_adapter]
+        trainable, total = model.get_nb_trainable_parameters()
+        return (
+            f"A LoRA adapter (r={config.r}, alpha={config.lora_alpha}) with a {len(labels)}-class head, trained with "
+            "[peft_vision_lora](https://github.com/peft-vision-lora/peft_vision_lora). "
+            f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%).\n\n"
+        )
+    kind = "a linear probe (frozen backbone, trained head)" if method == "linear" else "full fine-tuning"
+    return f"Trained by {kind} with peft_vision_lora.\n\n"
+
+
+def _adapted_modules(model: PeftModel) -> str:
+    targets = model.peft_config[model.active_adapter].target_modules
+    targets = sorted(targets) if isinstance(targets, (set, list)) else targets
+    return (
+        f"## Adapted modules\n\n{len(targets) if isinstance(targets, list) else targets} "
+        f"modules: `{targets[0] if isinstance(targets, list) and targets else targets}` ...\n\n"
+    )
+
+
 def write_model_card(
     folder: Path,
-    model: PeftModel,
-    base_model: str,
+    model: PeftModel | PreTrainedModel,
+    base_model: str | None = None,
     *,
+    method: str = "lora",
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
     dataset: str | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write ``folder/README.md``; ``name`` is the folder or Hub id shown in the usage example."""
-    config = model.peft_config[model.active_adapter]
-    classifier = model.get_base_model()
+    """Write ``folder/README.md`` for a LoRA adapter (a ``PeftModel``) or a plain classifier trained by ``method``
+    (``full`` or ``linear``). ``base_model`` defaults to the model's ``name_or_path``; ``name`` is the folder or
+    Hub id shown in the usage example."""
+    lora = isinstance(model, PeftModel)
+    classifier = model.get_base_model() if lora else model
+    base_model = base_model or classifier.name_or_path
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    trainable, total = model.get_nb_trainable_parameters()
     metadata = {
         "base_model": base_model,
-        "library_name": "peft",
+        "library_name": "peft" if lora else "transformers",
         "pipeline_tag": "image-classification",
-        "tags": TAGS,
+        "tags": TAGS if lora else [tag for tag in TAGS if tag not in ("peft", "lora")],
     }
     if dataset:
         metadata["datasets"] = [dataset]
-    targets = config.target_modules
-    targets = sorted(targets) if isinstance(targets, (set, list)) else targets
+    registers = "import peft_vision_lora  # registers the adapter format with transformers\n" if lora else ""
     text = [
         f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n",
-        f"# LoRA image classifier on `{base_model}`\n\n",
-        f"A LoRA adapter (r={config.r}, alpha={config.lora_alpha}) with a {len(labels)}-class head, trained with "
-        "[peft_vision_lora](https://github.com/peft-vision-lora/peft_vision_lora). "
-        f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%).\n\n",
+        f"# {'LoRA image' if lora else 'Image'} classifier on `{base_model}`\n\n",
+        _description(model, method, labels),
         _results_table(metrics or {}),
-        "## Usage\n\n```python\nimport peft_vision_lora  # registers the adapter format with transformers\n"
-        "from transformers import pipeline\n\n"
+        f"## Usage\n\n```python\n{registers}from transformers import pipeline\n\n"
         f'classifier = pipeline("image-classification", model="{name or folder.name}")\n'
         'print(classifier("image.jpg", top_k=3))\n```\n\n',
         f"## Labels\n\n{', '.join(f'`{label}`' for label in labels)}\n\n",
-        f"## Adapted modules\n\n{len(targets) if isinstance(targets, list) else targets} "
-        f"modules: `{targets[0] if isinstance(targets, list) and targets else targets}` ...\n\n",
+        _adapted_modules(model) if lora else "",
     ]
     if dataset:
         text.append(f"## Training data\n\n`{dataset}`\n\n")

@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .architectures import (
 )
 from .card import write_model_card
 from .configuration import VisionLoraConfig
+from .io import atomic_folder, looks_like_path
 from .processing import default_image_processor, load_image_processor
 from .resizing import native_image_size, resize_position_embeddings, vision_config
 
@@ -62,14 +63,9 @@ def _check_labels(labels: Sequence[str]) -> list[str]:
     return labels
 
 
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "owner/name"; anything else that does not exist locally is a mistyped path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
 def _check_base_exists(base: str | os.PathLike) -> str:
     base = os.fspath(base)
-    if not os.path.isdir(base) and (_looks_like_path(base) or os.path.exists(base)):
+    if not os.path.isdir(base) and (looks_like_path(base) or os.path.exists(base)):
         raise FileNotFoundError(f"Base model path {base!r} does not exist or is not a model folder.")
     return base
 
@@ -196,15 +192,41 @@ def build_model(
 # ------------------------------------------------------------------------------------------------------------- saving
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap a finished folder into place so readers see the old folder or the new one, never a mix."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def write_model_folder(
+    folder: str | os.PathLike,
+    model: PeftModel | PreTrainedModel,
+    image_processor: BaseImageProcessor | None = None,
+    *,
+    method: str = "lora",
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+    dataset: str | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write a model folder into the existing, empty ``folder`` (not atomically: see :func:`save_pretrained`).
+
+    A ``PeftModel`` gives the portable adapter folder: adapter, our ``config.json`` (labels, backbone location),
+    processor and model card. A plain transformers model (full fine-tuning, linear probe: ``method``) gives its
+    own ``save_pretrained`` folder, the processor and the model card. ``name`` is the folder or Hub id the card's
+    usage example shows.
+    """
+    folder = Path(folder)
+    lora = isinstance(model, PeftModel)
+    classifier = model.get_base_model() if lora else model
+    processor = image_processor or getattr(model, "vision_lora_image_processor", None)
+    if processor is None:
+        processor = default_image_processor(classifier.config)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    base_name = None
+    if lora:
+        base_name = model.peft_config[model.active_adapter].base_model_name_or_path or classifier.name_or_path
+        preset = getattr(model, "vision_lora_preset", None)
+        VisionLoraConfig.from_backbone(classifier.config, base_name, preset).save_pretrained(folder)
+    write_model_card(
+        folder, model, base_name, method=method, metrics=metrics, command=command, dataset=dataset, name=name
+    )
+    return folder
 
 
 def save_pretrained(
@@ -223,26 +245,10 @@ def save_pretrained(
     and :func:`load_model`.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    classifier = model.get_base_model()
-    peft_config = model.peft_config[model.active_adapter]
-    base_name = peft_config.base_model_name_or_path or classifier.name_or_path
-    processor = image_processor or getattr(model, "vision_lora_image_processor", None)
-    if processor is None:
-        processor = default_image_processor(classifier.config)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        config = VisionLoraConfig.from_backbone(
-            classifier.config, base_name, getattr(model, "vision_lora_preset", None)
+    with atomic_folder(out_dir) as tmp:
+        write_model_folder(
+            tmp, model, image_processor, metrics=metrics, command=command, dataset=dataset, name=out_dir.name
         )
-        config.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        write_model_card(tmp, model, base_name, metrics=metrics, command=command, dataset=dataset, name=out_dir.name)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -254,7 +260,7 @@ def resolve_adapter_dir(path_or_id: str | os.PathLike) -> Path:
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         folder = path
-    elif _looks_like_path(os.fspath(path_or_id)):
+    elif looks_like_path(os.fspath(path_or_id)):
         raise FileNotFoundError(f"Adapter folder {os.fspath(path_or_id)!r} does not exist.")
     else:
         folder = Path(snapshot_download(os.fspath(path_or_id), allow_patterns=["*.json", "*.safetensors", "*.md"]))
@@ -345,6 +351,87 @@ def _check_same_architecture(
         )
 
 
+@dataclass
+class AdapterFolder:
+    """An adapter folder read and checked against its base: what every loader of the package needs.
+
+    ``labels`` are the folder's own, or ``LABEL_<i>`` for an adapter saved by stock PEFT that records none;
+    ``processor`` is the folder's, or the architecture table's default where the folder has none.
+    """
+
+    folder: Path
+    peft_config: PeftConfig
+    backbone_config: PretrainedConfig
+    base: str
+    labels: list[str]
+    state_dict: dict[str, torch.Tensor]
+    processor: BaseImageProcessor
+
+    @property
+    def head(self) -> str:
+        """Attribute name of the classification head in the classification model."""
+        return get_architecture(self.backbone_config).head
+
+    def classification_config(self) -> PretrainedConfig:
+        """Config of the classification model the adapter was trained on, labels included."""
+        return _classification_config(self.backbone_config, self.labels)
+
+    def weights_for(self, model: PreTrainedModel) -> tuple[dict[str, torch.Tensor], PeftConfig]:
+        """The adapter's weights and PEFT config under ``model``'s module names (legacy names converted)."""
+        return convert_legacy_names(model, dict(self.state_dict), copy.deepcopy(self.peft_config), self.folder)
+
+
+def read_adapter(path_or_id: str | os.PathLike, *, base_model: str | os.PathLike | None = None) -> AdapterFolder:
+    """Read an adapter folder (local or Hub) and check it against its base (``base_model`` overrides the recorded
+    one): same architecture and geometry, a head as large as the label list, safetensors weights only."""
+    folder = resolve_adapter_dir(path_or_id)
+    peft_config = PeftConfig.from_pretrained(folder)
+    backbone_config, base, labels_known = adapter_backbone_config(folder, peft_config)
+    base = base_model if base_model is not None else base
+    if base is None:
+        raise ValueError(f"Adapter {folder} does not name its base model; pass base_model=...")
+    base = _check_base_exists(base)
+    _check_same_architecture(backbone_config, AutoConfig.from_pretrained(base), folder, base)
+    state_dict = load_file(folder / ADAPTER_WEIGHTS)
+    head = _head_size(state_dict, get_architecture(backbone_config))
+    labels = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
+    if head is not None and head != len(labels):
+        if labels_known:
+            raise ValueError(
+                f"{folder / 'config.json'} lists {len(labels)} labels but the head in "
+                f"{folder / ADAPTER_WEIGHTS} has {head} outputs."
+            )
+        logger.warning("Adapter %s records no labels; naming its %d classes LABEL_0...", folder, head)
+        labels = [f"LABEL_{i}" for i in range(head)]
+    config = _classification_config(backbone_config, labels)
+    processor = (
+        load_image_processor(folder)
+        if (folder / "preprocessor_config.json").is_file()
+        else default_image_processor(config)
+    )
+    return AdapterFolder(folder, peft_config, backbone_config, base, labels, state_dict, processor)
+
+
+def _peft_model(adapter: AdapterFolder, adapter_name: str) -> PeftModel:
+    model = load_classifier(adapter.base, adapter.classification_config())
+    model.name_or_path = os.fspath(adapter.base)
+    state_dict, peft_config = adapter.weights_for(model)
+    peft_config.inference_mode = True
+    peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=adapter_name)
+    unexpected = [k for k in result.unexpected_keys if adapter_name in k or "lora_" in k]
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if unexpected or missing:
+        raise ValueError(
+            f"Adapter {adapter.folder} does not fit its base {adapter.base!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
+    peft_model.eval()
+    peft_model.vision_lora_preset = getattr(adapter.backbone_config, "preset", None)
+    peft_model.vision_lora_image_processor = adapter.processor
+    return peft_model
+
+
 def load_model(
     path_or_id: str | os.PathLike,
     *,
@@ -358,64 +445,17 @@ def load_model(
     ``base_model`` overrides the backbone location recorded in the adapter. Adapters saved under the transformers
     4.x module names load on 5.x (and vice versa for names the table knows).
     """
-    folder = resolve_adapter_dir(path_or_id)
-    peft_config = PeftConfig.from_pretrained(folder)
-    backbone_config, base, labels_known = adapter_backbone_config(folder, peft_config)
-    base = base_model if base_model is not None else base
-    if base is None:
-        raise ValueError(f"Adapter {folder} does not name its base model; pass base_model=...")
-    base = _check_base_exists(base)
-    _check_same_architecture(backbone_config, AutoConfig.from_pretrained(base), folder, base)
-    state_dict = load_file(folder / ADAPTER_WEIGHTS)
-    arch = get_architecture(backbone_config)
-    head = _head_size(state_dict, arch)
-    labels = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
-    if head is not None and head != len(labels):
-        if labels_known:
-            raise ValueError(
-                f"{folder / 'config.json'} lists {len(labels)} labels but the head in "
-                f"{folder / ADAPTER_WEIGHTS} has {head} outputs."
-            )
-        logger.warning("Adapter %s records no labels; naming its %d classes LABEL_0...", folder, head)
-        labels = [f"LABEL_{i}" for i in range(head)]
-    model = load_classifier(base, _classification_config(backbone_config, labels))
-    model.name_or_path = os.fspath(base)
-    state_dict, peft_config = convert_legacy_names(model, state_dict, peft_config, folder)
-    peft_config.inference_mode = True
-    peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
-    result = set_peft_model_state_dict(peft_model, state_dict, adapter_name=adapter_name)
-    unexpected = [k for k in result.unexpected_keys if adapter_name in k or "lora_" in k]
-    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
-    if unexpected or missing:
-        raise ValueError(
-            f"Adapter {folder} does not fit its base {base!r}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    peft_model.eval()
-    peft_model.vision_lora_preset = getattr(backbone_config, "preset", None)
-    peft_model.vision_lora_image_processor = _folder_processor(folder, model.config)
+    peft_model = _peft_model(read_adapter(path_or_id, base_model=base_model), adapter_name)
     if merge:
         return peft_model.merge_and_unload().eval()
     return peft_model
 
 
-def _folder_processor(folder: Path, config: PretrainedConfig) -> BaseImageProcessor:
-    if (folder / "preprocessor_config.json").is_file():
-        return load_image_processor(folder)
-    return default_image_processor(config)
-
-
 def merge_adapter(path_or_id: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None) -> Path:
     """A standalone transformers model folder: LoRA merged into the backbone, head, labels and processor kept."""
-    folder = resolve_adapter_dir(path_or_id)
-    model = load_model(folder, merge=True, base_model=base_model)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    adapter = read_adapter(path_or_id, base_model=base_model)
+    model = _peft_model(adapter, "default").merge_and_unload().eval()
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        _folder_processor(folder, model.config).save_pretrained(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        adapter.processor.save_pretrained(tmp)
+    return Path(out_dir)

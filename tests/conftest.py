@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,24 +17,23 @@ from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2Model,
-    ViTConfig,
     ViTForImageClassification,
     ViTModel,
 )
+
+from peft_vision_lora.testing import TINY_VIT, tiny_vit_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_VIT = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
 FLOWERS12 = SHARED / "data" / "flowers12"
 
-TINY = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
-)
+TINY = TINY_VIT  # every family's tiny checkpoint has the tiny ViT's geometry
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99)
 
 # name -> factory of a randomly initialised model; covers every class the architecture table promises.
 TINY_MODELS = {
-    "vit": lambda: ViTForImageClassification(ViTConfig(**TINY)),
-    "vit-backbone": lambda: ViTModel(ViTConfig(**TINY)),
+    "vit": lambda: ViTForImageClassification(tiny_vit_config()),
+    "vit-backbone": lambda: ViTModel(tiny_vit_config()),
     "dinov2": lambda: Dinov2ForImageClassification(Dinov2Config(**TINY)),
     "dinov2-backbone": lambda: Dinov2Model(Dinov2Config(**TINY)),
     "clip": lambda: CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=TINY)),
@@ -71,3 +72,24 @@ def flowers12() -> Path:
     if not (FLOWERS12 / "train").is_dir():
         pytest.skip(f"flowers12 not found at {FLOWERS12} (../shared is absent)")
     return FLOWERS12
+
+
+@pytest.fixture(params=[0o022, 0o027], ids=oct)
+def umask(request: pytest.FixtureRequest):
+    """Run the test under umask 0o022, then 0o027; the process's own umask is restored afterwards."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+@pytest.fixture
+def assert_umask_modes(umask: int) -> Callable[[Path], None]:
+    """Check that a folder and everything under it has the modes the umask gives new files and folders."""
+
+    def check(root: Path) -> None:
+        paths = [root, *root.rglob("*")]
+        found = {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in paths}
+        expected = {str(p.relative_to(root)): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in paths}
+        assert found == expected
+
+    return check

@@ -118,6 +118,8 @@ def test_inference_quick(tmp_path):
         "bare forward (pipeline's model)",
         "multi-adapter",
         "merged-models",
+        "mixed-batch",
+        "single-adapter-batches",
     }
     assert all(row["images_per_s"] > 0 for row in variants.values())
     ratios = {r["ratio"]: r for r in result["ratios"]}
@@ -134,5 +136,14 @@ def test_inference_quick(tmp_path):
     # The pipeline does everything the bare forward does plus preprocessing: it cannot be much faster.
     assert ratios["pipeline overhead over bare forward"]["value"] > -0.5
     assert "4 adapters on 1 backbone / 4 merged models, peak RSS" in ratios
+    # One mixed batch of 4 adapters against 4 single-adapter batches of the same 8 images: time and memory.
+    mixed, single = variants["mixed-batch"], variants["single-adapter-batches"]
+    assert mixed["images"] == single["images"] == 8 and mixed["tensor_peak_mb"]["median"] > 0
+    prefix = "1 mixed batch of 4 adapters / 4 single-adapter batches"
+    assert ratios[f"{prefix}, time"]["value"] == pytest.approx(mixed["batch_s"]["median"] / single["batch_s"]["median"])
+    assert ratios[f"{prefix}, tensor peak"]["value"] == pytest.approx(
+        mixed["tensor_peak_mb"]["median"] / single["tensor_peak_mb"]["median"]
+    )
+    assert f"{prefix}, peak RSS" in ratios and "| mixed-batch | 8 |" in stdout
     printed = {row[1]: row for row in table_rows(stdout, "model") if len(row) == 6}
     assert float(printed["lora-merged"][3]) == pytest.approx(variants["lora-merged"]["images_per_s"], rel=1e-2)

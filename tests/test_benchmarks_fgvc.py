@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from data.synthetic_layouts import (
     write_cifar100,
     write_cub,
@@ -19,7 +18,8 @@ from data.synthetic_layouts import (
     write_stanford_cars,
     write_stanford_dogs,
 )
-from transformers import ViTConfig, ViTForImageClassification
+
+from peft_vision_lora.testing import make_tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["CIFAR-100", "CUB-200-2011", "NABirds", "Oxford Flowers", "Stanford Cars", "Stanford Dogs", "Average"]
@@ -75,13 +75,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    return folder
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
 def table(stdout: str) -> dict[str, list[str]]:

@@ -311,3 +311,15 @@ def test_build_classifier_is_the_plain_baseline(tiny_models, pixel_values):
     assert type(model) is ViTForImageClassification and model.config.image_size == 48
     assert all(p.requires_grad for p in model.parameters())
     assert model.config.id2label[2] == "fox"
+
+
+def test_saved_and_merged_folders_have_the_umask_modes(tiny_models, tmp_path, assert_umask_modes):
+    # Like save_pretrained of transformers and PEFT: 0644 files in a 0755 folder under umask 0o022 (not the 0600
+    # safetensors writes on its own, nor mkdtemp's 0700), 0640 / 0750 under 0o027.
+    model = pvl.build_model(tiny_models["vit"], LABELS, init_lora_weights=False)
+    folder = pvl.save_pretrained(model, tmp_path / "adapter")
+    assert_umask_modes(folder)
+    pvl.save_pretrained(model, folder)  # replacing an existing folder too
+    assert_umask_modes(folder)
+    assert_umask_modes(pvl.merge_adapter(folder, tmp_path / "merged"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]

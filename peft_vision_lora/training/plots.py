@@ -9,6 +9,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure  # the object API renders with Agg and needs neither pyplot nor a display
 
+from ..io import atomic_open
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    """Save ``fig`` atomically, in the format its file name ends with."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
+
 
 def _series(log_history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
@@ -35,7 +43,7 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | Path
     for ax in (loss_ax, acc_ax):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     return Path(path)
 
 
@@ -65,5 +73,5 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     if len(labels) <= 20:
         for i, j in np.ndindex(counts.shape):
             ax.text(j, i, counts[i, j], ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     return Path(path)

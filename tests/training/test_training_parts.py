@@ -12,6 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import CLIPConfig, CLIPForImageClassification
 
 from peft_vision_lora.resizing import resize_position_embeddings
+from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
 from peft_vision_lora.training.data import check_same_classes, class_names
@@ -67,8 +68,7 @@ def test_linear_probe_trains_the_head_only(tiny_vit):
 
 def test_resized_position_embeddings_equal_interpolation_at_every_forward(tiny_vit):
     vit = build_training_model(ModelArguments(method="full"), tiny_vit, LABELS)
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8)
-    clip = CLIPForImageClassification(CLIPConfig(vision_config={**tiny, "image_size": 32}, num_labels=3))
+    clip = CLIPForImageClassification(CLIPConfig(vision_config=TINY_VIT, num_labels=3))
     pixel_values = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     for model in (vit.eval(), clip.eval()):
         resized = resize_position_embeddings(model, 48).eval()

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import torch
-from transformers import ViTConfig, ViTForImageClassification
 
-TINY_VIT = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
-)
+from peft_vision_lora.testing import TINY_VIT, make_tiny_vit  # noqa: F401  (re-exported for the training tests)
+
 CLASSES = ("red", "green", "blue")
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-
-
-def make_tiny_vit(folder: Path, seed: int = 0, **overrides) -> Path:
-    torch.manual_seed(seed)
-    ViTForImageClassification(ViTConfig(**{**TINY_VIT, **overrides})).save_pretrained(folder)
-    return folder
 
 
 def make_imagefolder(
