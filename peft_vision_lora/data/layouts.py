@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 
-from ..io import looks_like_path as _looks_like_path
+from ..io import looks_like_path
 from .images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -610,7 +610,7 @@ def read_source(source: str | os.PathLike, format: str | None = None) -> tuple[D
         raise ValueError(f"Unknown dataset format {format!r}; choose one of {', '.join(FORMATS)}.")
     path = Path(source).expanduser()
     if format == "hub" or (format is None and not path.exists()):
-        if format is None and _looks_like_path(str(source)):
+        if format is None and looks_like_path(str(source)):
             raise FileNotFoundError(f"Dataset folder {source} does not exist.")
         return read_hub_dataset(str(source)), "hub"
     if not path.is_dir():

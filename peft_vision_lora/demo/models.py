@@ -21,7 +21,8 @@ from huggingface_hub import snapshot_download
 from peft import PeftConfig
 
 from ..data.images import BadImageError, ImageSource, describe, open_image, to_rgb
-from ..modeling import ADAPTER_CONFIG, _looks_like_path, adapter_backbone_config
+from ..io import looks_like_path
+from ..modeling import ADAPTER_CONFIG, adapter_backbone_config
 from ..multi_adapter import MultiAdapterClassifier
 from ..resizing import native_image_size
 
@@ -88,7 +89,7 @@ def resolve_run_folder(path_or_id: str | os.PathLike) -> Path:
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
-    if _looks_like_path(os.fspath(path_or_id)):
+    if looks_like_path(os.fspath(path_or_id)):
         raise FileNotFoundError(f"Adapter folder {os.fspath(path_or_id)!r} does not exist.")
     return Path(snapshot_download(os.fspath(path_or_id), allow_patterns=HUB_PATTERNS))
 

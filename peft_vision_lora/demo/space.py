@@ -16,7 +16,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftConfig
 
-from ..modeling import _looks_like_path, adapter_backbone_config
+from ..io import looks_like_path
+from ..modeling import adapter_backbone_config
 from ..training.hub import HubPushError, _is_connection_error
 
 MODELS_ENV = "PEFT_VISION_LORA_DEMO_MODELS"
@@ -50,7 +51,7 @@ def space_warnings(folder: str | os.PathLike) -> list[str]:
     """Why a Space built from this local adapter folder would not start: a backbone only this machine has."""
     folder = Path(folder)
     _, base, _ = adapter_backbone_config(folder, PeftConfig.from_pretrained(folder))
-    if base and (_looks_like_path(base) or Path(base).expanduser().exists()):
+    if base and (looks_like_path(base) or Path(base).expanduser().exists()):
         return [
             f"The adapter in {folder} records its backbone as the local path {base!r}; a Space cannot load it. "
             "Train on a Hub backbone (--model user/name), or edit base_model_name_or_path in adapter_config.json "
