@@ -8,45 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    CLIPVisionModelWithProjection,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    Dinov2Model,
-    ViTForImageClassification,
-    ViTModel,
-)
 
-from peft_vision_lora.testing import TINY_VIT, tiny_vit_config
+from peft_vision_lora.testing import TINY_MODELS, make_tiny
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_VIT = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
 FLOWERS12 = SHARED / "data" / "flowers12"
-
-TINY = TINY_VIT  # every family's tiny checkpoint has the tiny ViT's geometry
-TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99)
-
-# name -> factory of a randomly initialised model; covers every class the architecture table promises.
-TINY_MODELS = {
-    "vit": lambda: ViTForImageClassification(tiny_vit_config()),
-    "vit-backbone": lambda: ViTModel(tiny_vit_config()),
-    "dinov2": lambda: Dinov2ForImageClassification(Dinov2Config(**TINY)),
-    "dinov2-backbone": lambda: Dinov2Model(Dinov2Config(**TINY)),
-    "clip": lambda: CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=TINY)),
-    "clip-vision": lambda: CLIPVisionModel(CLIPVisionConfig(**TINY)),
-    "clip-vision-projection": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY, projection_dim=16)),
-}
-
-
-def make_tiny(name: str, folder: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = TINY_MODELS[name]()
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

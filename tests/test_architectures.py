@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import TINY_MODELS
 from transformers import BertConfig, BertModel
 
 from peft_vision_lora import PRESETS, get_architecture, resolve_target_modules, supported_model_types
 from peft_vision_lora.architectures import ARCHITECTURES, rename_legacy_key
+from peft_vision_lora.testing import TINY_MODELS
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODELS, make_tiny
 from PIL import Image
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, pipeline
 
 import peft_vision_lora as pvl
 from peft_vision_lora.architectures import get_architecture
+from peft_vision_lora.testing import TINY_MODELS, make_tiny
 
 LABELS = ["cat", "dog", "fox"]
 

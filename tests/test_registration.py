@@ -2,11 +2,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_MODELS
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 import peft_vision_lora  # noqa: F401  (registers the families with PEFT)
+from peft_vision_lora.testing import TINY_MODELS
 
 
 def _adapted(model) -> list[str]:
