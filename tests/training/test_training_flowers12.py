@@ -26,6 +26,8 @@ def test_lora_on_flowers12_beats_the_majority_baseline(shared_vit, flowers12, tm
         "8",
         "--num_train_epochs",
         "3",
+        "--min_steps",
+        "0",
         "--per_device_train_batch_size",
         "16",
         "--learning_rate",
