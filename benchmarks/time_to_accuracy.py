@@ -129,6 +129,7 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
         "data_wait_fraction": train["data_wait_fraction"],
         "mixed_precision": results["mixed_precision"],
         "total_steps": trainer.total_steps,
+        "global_batch_size": trainer.global_batch_size,
     }
 
 
