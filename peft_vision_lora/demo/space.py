@@ -13,12 +13,11 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftConfig
 
 from ..io import looks_like_path
 from ..modeling import adapter_backbone_config
-from ..training.hub import HubPushError, _is_connection_error
+from ..training.hub import HubPushError, upload_failure
 
 MODELS_ENV = "PEFT_VISION_LORA_DEMO_MODELS"
 # The package is installed from its repository (it is not on PyPI); gradio comes with the demo extra.
@@ -121,11 +120,8 @@ def push_space(
             commit_message="Demo written by peft_vision_lora",
         )
     except Exception as error:
-        if isinstance(error, HfHubHTTPError):
-            reason = f"the Hub refused the upload ({error})"
-        elif _is_connection_error(error):
-            reason = f"the Hugging Face Hub is unreachable ({type(error).__name__}: {error})"
-        else:
+        reason = upload_failure(error)
+        if reason is None:
             raise
         raise HubPushError(f"Could not push the Space {space_id}: {reason}. Its files are in {space_dir}.") from error
     return str(getattr(commit, "commit_url", commit))

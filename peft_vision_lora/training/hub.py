@@ -24,6 +24,15 @@ def _is_connection_error(error: BaseException) -> bool:
     )
 
 
+def upload_failure(error: BaseException) -> str | None:
+    """Why a Hub upload failed, in words, for the failures a push reports (refused, unreachable); None otherwise."""
+    if isinstance(error, HfHubHTTPError):
+        return f"the Hub refused the upload ({error})"
+    if _is_connection_error(error):
+        return f"the Hugging Face Hub is unreachable ({type(error).__name__}: {error})"
+    return None
+
+
 def push_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -49,11 +58,8 @@ def push_to_hub(
             ignore_patterns=IGNORE_PATTERNS,
         )
     except Exception as error:
-        if isinstance(error, HfHubHTTPError):
-            reason = f"the Hub refused the upload ({error})"
-        elif _is_connection_error(error):
-            reason = f"the Hugging Face Hub is unreachable ({type(error).__name__}: {error})"
-        else:
+        reason = upload_failure(error)
+        if reason is None:
             raise
         raise HubPushError(
             f"Could not push {folder} to {repo_id}: {reason}. The local folder is intact; "
