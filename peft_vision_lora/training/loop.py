@@ -560,7 +560,10 @@ class Trainer:
         if self.token_dropout is not None:
             patches = (self.target_size // self.accelerator.unwrap_model(self.model).config.patch_size) ** 2
             kept = self.token_dropout.kept_tokens(patches)
-            parts.append(f"token keep {args.token_keep:g} ({kept} of {patches} patches)")
+            if kept < patches:
+                parts.append(f"token keep {args.token_keep:g} ({kept} of {patches} patches)")
+            else:
+                parts.append(f"every token ({patches} patches, within --token_keep_min {args.token_keep_min})")
         if args.head_init == "linear_probe" and model_args.method != "linear":
             parts.append("head from a linear probe")
         if args.ema_decay:
