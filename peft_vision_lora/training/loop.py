@@ -48,6 +48,7 @@ from .ema import EMA
 from .evaluation import evaluate_model, model_inputs
 from .features import (
     FeatureClassifier,
+    FeatureDataset,
     extract_features,
     feature_eval_loader,
     feature_train_data,
@@ -212,7 +213,7 @@ class Trainer:
         train_tf = ImageTransforms.from_processor(
             self.processor, train=True, **self.data_args.transform_options(args.seed)
         )
-        eval_tf = ImageTransforms.from_processor(self.processor, train=False)
+        self.eval_tf = eval_tf = ImageTransforms.from_processor(self.processor, train=False)
         self.forward_kwargs = forward_kwargs(self.model, train_tf.size[0])
         self.step_model, self.cached, self.features_runtime = self.model, self._use_feature_cache(), 0.0
         self.mixup = None
@@ -248,7 +249,7 @@ class Trainer:
             if split
         }
         if self.cached:
-            self._cache_features(eval_tf)
+            self._cache_features()
         self.train_forward_kwargs = self.forward_kwargs  # progressive resolution changes it per stage
 
     def _use_feature_cache(self) -> bool:
@@ -270,19 +271,28 @@ class Trainer:
             return False
         return True
 
-    def _cache_features(self, eval_tf: ImageTransforms) -> None:
+    def _backbone_features(self, dataset: Dataset) -> FeatureDataset:
+        """What the head receives for every image of ``dataset`` (eval transform), gathered on every process."""
+        args, accelerator = self.args, self.accelerator
+        images = accelerator.prepare(
+            eval_dataloader(
+                dataset,
+                self.eval_tf,
+                global_batch_size=args.per_device_eval_batch_size * accelerator.num_processes,
+                num_workers=args.dataloader_num_workers,
+            )
+        )
+        model = accelerator.unwrap_model(self.model)
+        return extract_features(model, head_module(model), images, accelerator, self.forward_kwargs)
+
+    def _cache_features(self) -> None:
         """Replace the image loaders by loaders of backbone features, computed once per split (eval transform)."""
         args, accelerator, started = self.args, self.accelerator, time.perf_counter()
         batch_size = args.per_device_eval_batch_size * accelerator.num_processes
         head = head_module(self.model)
         self.model.to(accelerator.device)
         splits = {"train": self.data["train"], **{split: self.data[split] for split in self.eval_loaders}}
-        cached = {}
-        for split, dataset in splits.items():
-            images = accelerator.prepare(
-                eval_dataloader(dataset, eval_tf, global_batch_size=batch_size, num_workers=args.dataloader_num_workers)
-            )
-            cached[split] = extract_features(self.model, head, images, accelerator, self.forward_kwargs)
+        cached = {split: self._backbone_features(dataset) for split, dataset in splits.items()}
         self.train_data = feature_train_data(
             cached.pop("train"), global_batch_size=self.train_data.loader.batch_size, seed=args.seed
         )
@@ -411,19 +421,9 @@ class Trainer:
 
     def _linear_probe_init(self) -> None:
         """LP-FT: fit the head on cached features of the training images before any backbone weight moves."""
-        started, accelerator, args = time.perf_counter(), self.accelerator, self.args
-        eval_tf = ImageTransforms.from_processor(self.processor, train=False)
-        images = accelerator.prepare(
-            eval_dataloader(
-                self.data["train"],
-                eval_tf,
-                global_batch_size=args.per_device_eval_batch_size * accelerator.num_processes,
-                num_workers=args.dataloader_num_workers,
-            )
-        )
-        model = accelerator.unwrap_model(self.model)
-        head = head_module(model)
-        features = extract_features(model, head, images, accelerator, self.forward_kwargs)
+        started = time.perf_counter()
+        features = self._backbone_features(self.data["train"])
+        head = head_module(self.accelerator.unwrap_model(self.model))
         train_accuracy = fit_linear_head(trainable_linear(head), features)
         logger.info(
             "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",
