@@ -101,6 +101,29 @@ class DataArguments:
     dataset_format: str | None = field(
         default=None, metadata={"help": "Force the format of --dataset instead of detecting it."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream --dataset (a Hub id or a folder of parquet/arrow files) with datasets' streaming mode "
+            "instead of reading it whole; needs --max_steps. Tar shards (--dataset 'train-{000000..000127}.tar' or a "
+            "folder written by `peft-vision-lora shard`) always stream."
+        },
+    )
+    label_file: str | None = field(
+        default=None,
+        metadata={"help": "Class names of tar shards: labels.txt or classes.json. Default: the one next to the shards."},
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation data of a streamed --dataset: a shard pattern or folder, or anything load_image_dataset "
+            "reads (its validation/test splits). Default: the validation/test splits of the shard folder or stream."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000,
+        metadata={"help": "Streamed data: samples in each reader's shuffle buffer (0: shard order, no shuffling)."},
+    )
     val_fraction: float | None = field(
         default=None,
         metadata={"help": "Fraction of train held out (stratified) for validation when the dataset has none."},
@@ -142,6 +165,8 @@ class DataArguments:
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"--val_fraction must be in (0, 1), got {self.val_fraction}.")
         _positive("shots", self.shots)
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"--shuffle_buffer must be >= 0, got {self.shuffle_buffer}.")
         _positive("image_size", self.image_size)
         self.resolution_schedule = [int(size) for size in self.resolution_schedule]
         if any(size <= 0 for size in self.resolution_schedule):

@@ -52,6 +52,8 @@ class TrainerState:
     best_loss: float | None = None
     best_step: int | None = None
     labels: list[str] = field(default_factory=list)
+    # Iterable data: each process's stream position (training/streams.py), in process order; None for map-style.
+    data_state: list[dict[str, Any]] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod

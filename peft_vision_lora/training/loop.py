@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 
@@ -56,10 +56,12 @@ from .features import (
     trainable_linear,
 )
 from .hub import push_to_hub
+from .launch import check_launch
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
 from .precision import launch_device, resolve_mixed_precision
+from .streams import StreamTrainData, open_stream_source, stream_prefix_features, stream_train_data
 
 logger = get_logger(__name__)
 
@@ -123,6 +125,7 @@ class Trainer:
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")
             ),
         )
+        check_launch(self.accelerator.num_processes)
         set_seed(training_args.seed)
         self._load_data(dataset)
         self._build_model()
@@ -144,9 +147,13 @@ class Trainer:
         self._build_optimization()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
         # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
-        self.step_model, self.optimizer, self.train_loader, *loaders = self.accelerator.prepare(
-            self.step_model, self.optimizer, self.train_data.loader, *self.eval_loaders.values()
+        # A stream is read per process (streams.py): Accelerate prepares the map-style training loader only.
+        train_loaders = [] if self.stream is not None else [self.train_data.loader]
+        self.step_model, self.optimizer, *loaders = self.accelerator.prepare(
+            self.step_model, self.optimizer, *train_loaders, *self.eval_loaders.values()
         )
+        if self.stream is None:
+            self.train_loader, *loaders = loaders
         if not self.cached:
             self.model = self.step_model
         self.eval_loaders = dict(zip(self.eval_loaders, loaders))
@@ -176,6 +183,13 @@ class Trainer:
         # Named in the model card and metrics; an in-memory dataset has no name to record.
         self.dataset_id = self.data_args.dataset if dataset is None else None
         self.source_name = self.dataset_id or f"in-memory {type(dataset).__name__}"
+        self.stream_source = open_stream_source(self.data_args) if dataset is None else None
+        if self.stream_source is not None:
+            self._check_stream_options()
+            if not self.data_args.streaming:
+                self.dataset_id = None  # a shard pattern is no Hub dataset to name in the card
+            self.data, self.labels = self.stream_source.eval_data, self.stream_source.names
+            return
         self.data = load_image_dataset(
             source,
             format=self.data_args.dataset_format,
@@ -185,6 +199,27 @@ class Trainer:
             on_bad_image=self.data_args.on_bad_image,
         )
         self.labels = class_names(self.data, self.source_name)
+
+    def _check_stream_options(self) -> None:
+        args, what = self.args, "tar shards" if not self.data_args.streaming else "--streaming"
+        if args.max_steps <= 0:
+            raise ValueError(
+                f"--max_steps N is required with {what}: a stream's length is not known up front, so training is "
+                "step-based."
+            )
+        for flag, value in (("--resolution_schedule", self.data_args.resolution_schedule),):
+            if value:
+                raise ValueError(f"{flag} needs epochs of a map-style dataset; it does not apply to {what}.")
+        for kind in ("eval", "save"):
+            if getattr(args, f"{kind}_strategy") == "epoch" and not self.stream_source.num_samples:
+                logger.warning(
+                    "--%s_strategy epoch with %s of unknown length: no epoch ends, so only the end of the run "
+                    "counts; pass --%s_steps N.",
+                    kind,
+                    what,
+                    kind,
+                    main_process_only=True,
+                )
 
     def _build_model(self) -> None:
         with self.accelerator.main_process_first():  # the default backbone is converted once, by the first process
@@ -225,14 +260,29 @@ class Trainer:
                 label_smoothing=args.label_smoothing,
                 seed=args.seed,
             )
-        self.train_data = train_dataloader(
-            self.data,
-            train_tf,
-            global_batch_size=args.per_device_train_batch_size * n,
-            seed=args.seed,
-            num_workers=args.dataloader_num_workers,
-            mixup=self.mixup,
-        )
+        self.stream: StreamTrainData | None = None
+        if self.stream_source is not None:
+            self.train_tf = train_tf
+            self.stream = stream_train_data(
+                self.stream_source,
+                train_tf,
+                self.accelerator,
+                batch_size=args.per_device_train_batch_size,
+                seed=args.seed,
+                shuffle_buffer=self.data_args.shuffle_buffer,
+                num_workers=args.dataloader_num_workers,
+                on_bad=self.data_args.on_bad_image,
+                mixup=self.mixup,
+            )
+        else:
+            self.train_data = train_dataloader(
+                self.data,
+                train_tf,
+                global_batch_size=args.per_device_train_batch_size * n,
+                seed=args.seed,
+                num_workers=args.dataloader_num_workers,
+                mixup=self.mixup,
+            )
         # A validation split evaluates during training and selects the best weights; without one the test split is
         # only watched, never used to select (that would leak it into the reported result).
         splits = [s for s in ("validation", "test") if s in self.data]
@@ -255,6 +305,9 @@ class Trainer:
     def _use_feature_cache(self) -> bool:
         """Whether this run is a linear probe on cached features (see ``--cache_features``)."""
         if self.model_args.method != "linear" or not self.args.cache_features:
+            return False
+        if self.stream_source is not None:
+            logger.info("Linear probe on a stream: features not cached.", main_process_only=True)
             return False
         data_args = self.data_args
         image_only = {
@@ -311,11 +364,16 @@ class Trainer:
 
     def _build_optimization(self) -> None:
         args = self.args
-        self.batches_per_epoch = len(self.train_data.loader)
+        if self.stream is not None:  # nominal epochs, when the stream's length is known; 0: unknown
+            self.batches_per_epoch = (self.stream_source.num_samples or 0) // self.global_batch_size * (
+                args.gradient_accumulation_steps
+            )
+        else:
+            self.batches_per_epoch = len(self.train_data.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         epochs_steps = math.ceil(args.num_train_epochs * self.steps_per_epoch)
         self.total_steps = args.max_steps if args.max_steps > 0 else max(epochs_steps, args.min_steps)
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
         self.optimizer = build_optimizer(
             self.model,
             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[self.model_args.method],
@@ -350,6 +408,14 @@ class Trainer:
                     f"{self.resume} was written with {self.state.batches_per_epoch} batches per epoch, this run has "
                     f"{self.batches_per_epoch}: resume with the same data and global batch size."
                 )
+            if self.stream is not None:
+                saved = self.state.data_state or []
+                if len(saved) != self.accelerator.num_processes:
+                    raise ValueError(
+                        f"{self.resume} holds the stream positions of {len(saved)} process(es), this run has "
+                        f"{self.accelerator.num_processes}: resume with the same number of processes."
+                    )
+                self.stream.load_state_dict(saved[self.accelerator.process_index], self.resume)
         self._start_logging()
         self.started = started = time.perf_counter()
         if self.resume is None and self.args.head_init == "linear_probe" and self.model_args.method != "linear":
@@ -379,14 +445,18 @@ class Trainer:
         )
         self._loss_sum, self._loss_count = torch.zeros((), device=accelerator.device), 0
         self.step_model.train()
+        stream = iter(self.stream) if self.stream is not None else None  # endless; positioned by the checkpoint
         while state.global_step < self.total_steps:
-            self.train_data.set_epoch(state.epoch)
-            self.train_loader.set_epoch(state.epoch)
-            self._set_resolution(state.epoch)
-            loader = self.train_loader
-            if state.batches_in_epoch:  # resuming mid-epoch: the same order, minus what was already trained on
-                loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
-            batches = iter(loader)
+            if stream is not None:
+                batches = stream
+            else:
+                self.train_data.set_epoch(state.epoch)
+                self.train_loader.set_epoch(state.epoch)
+                self._set_resolution(state.epoch)
+                loader = self.train_loader
+                if state.batches_in_epoch:  # resuming mid-epoch: the same order, minus what was already trained on
+                    loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
+                batches = iter(loader)
             while True:
                 waited = time.perf_counter()
                 batch = next(batches, None)
@@ -413,7 +483,7 @@ class Trainer:
     def _set_resolution(self, epoch: int) -> None:
         """Progressive resolution: the train size of ``epoch``'s stage (equal stages of the run's epochs)."""
         schedule = self.data_args.resolution_schedule
-        if not schedule or self.train_data.transforms is None:
+        if not schedule or self.stream is not None or self.train_data.transforms is None:
             return
         size = schedule[min(len(schedule) - 1, epoch * len(schedule) // self.num_epochs)]
         self.train_data.transforms.set_size(size)
@@ -422,8 +492,21 @@ class Trainer:
     def _linear_probe_init(self) -> None:
         """LP-FT: fit the head on cached features of the training images before any backbone weight moves."""
         started = time.perf_counter()
-        features = self._backbone_features(self.data["train"])
         head = head_module(self.accelerator.unwrap_model(self.model))
+        if self.stream is not None:  # a prefix of the stream: the whole of it is not known, nor needed
+            features = stream_prefix_features(
+                self.stream_source,
+                self.eval_tf,
+                self.accelerator.unwrap_model(self.model),
+                head,
+                self.accelerator,
+                self.forward_kwargs,
+                seed=self.args.seed,
+                shuffle_buffer=self.data_args.shuffle_buffer,
+                batch_size=self.args.per_device_eval_batch_size,
+            )
+        else:
+            features = self._backbone_features(self.data["train"])
         train_accuracy = fit_linear_head(trainable_linear(head), features)
         logger.info(
             "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",
@@ -476,6 +559,8 @@ class Trainer:
         if self.eval_split and (_due(args.eval_strategy, args.eval_steps, step, epoch_done) or last):
             self._validate()
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
+            if self.stream is not None:  # every process's position in its own stream
+                self.state.data_state = gather_object([self.stream.state_dict()])
             self.last_checkpoint = save_checkpoint(
                 self.accelerator,
                 self.output_dir,
@@ -502,7 +587,8 @@ class Trainer:
     def _record(self, metrics: dict[str, Any]) -> None:
         """Append one entry to the log (train_log.jsonl, trackers, and the state that checkpoints carry)."""
         step = self.state.global_step
-        entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **metrics}
+        epoch = round(step / self.steps_per_epoch, 4) if self.steps_per_epoch else None  # unknown stream length
+        entry = {"step": step, "epoch": epoch, **metrics}
         self.state.log_history.append(entry)
         self.accelerator.log(metrics, step=step)
         if self.accelerator.is_main_process:
@@ -517,10 +603,10 @@ class Trainer:
             self.accelerator.init_trackers("peft_vision_lora", config=config)
         self.accelerator.print(self.recipe())
         logger.info(
-            "Training %s (%s) on %d images of %d classes: %d steps of %d images on %d process(es).",
+            "Training %s (%s) on %s images of %d classes: %d steps of %d images on %d process(es).",
             self.base,
             self.model_args.method,
-            len(self.data["train"]),
+            len(self.data["train"]) if self.stream is None else self.stream_source.num_samples or "a stream of",
             len(self.labels),
             self.total_steps,
             self.global_batch_size,
@@ -539,7 +625,7 @@ class Trainer:
     def recipe(self) -> str:
         """The choices this run trains with, in one line (printed at start, where defaults were resolved)."""
         args, model_args, data_args = self.args, self.model_args, self.data_args
-        epochs = self.total_steps / self.steps_per_epoch
+        epochs = self.total_steps / self.steps_per_epoch if self.steps_per_epoch else math.nan
         floor = " (the --min_steps floor)" if args.max_steps <= 0 and self.total_steps == args.min_steps else ""
         parts = [
             model_args.method
@@ -547,7 +633,9 @@ class Trainer:
             + (f" on the last {model_args.lora_layers} layers" if model_args.lora_layers else ""),
             f"lr {args.learning_rate or DEFAULT_LEARNING_RATES[model_args.method]:g}",
             f"batch {self.global_batch_size}",
-            f"{self.total_steps} steps = {epochs:.1f} epochs{floor}",
+            f"{self.total_steps} steps = {epochs:.1f} epochs{floor}"
+            if not math.isnan(epochs)
+            else f"{self.total_steps} steps of a stream of unknown length",
             f"{self.target_size} px"
             + (
                 f" after {'/'.join(map(str, data_args.resolution_schedule[:-1]))}"
@@ -639,6 +727,13 @@ class Trainer:
                 "data_wait_fraction": round(self.data_wait_s / runtime, 4) if runtime > 0 else 0.0,
             },
         }
+        if self.stream is not None:
+            skipped = gather_object([sum(self.stream.skipped.values())])
+            results["train"]["stream"] = {
+                "source": self.stream_source.description,
+                "units": len(self.stream_source.units),
+                "skipped_bad_samples": sum(skipped),  # bad samples and shards each reader met (resumes: since then)
+            }
         if self.cached:  # the one backbone pass per split, before training started
             results["train"]["feature_cache_s"] = round(self.features_runtime, 2)
         # "eval" is always the validation split; without one, the split watched during training was the test split.

@@ -1,0 +1,142 @@
+"""``write_shards``: any dataset ``load_image_dataset`` reads -> WebDataset tar shards, ``labels.txt`` and a manifest.
+
+The output is deterministic: for the same source and options the shards are byte-identical (samples in a seeded
+order, tar headers with fixed owner, mode and time), so a re-run changes nothing a checksum or a resumed training run
+could notice. Each split is written in a seeded random order because a streaming reader only shuffles within its
+buffer: a class-sorted folder written in order would give class-sorted batches.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+from datasets import Dataset, DatasetDict, Image
+
+from ..io import atomic_path, make_folder, write_json, write_text
+from .images import _UPRIGHT, exif_orientation, open_image, to_rgb
+from .loading import load_image_dataset
+from .shards import MANIFEST, compress_range
+
+logger = logging.getLogger(__name__)
+
+# Encoded formats kept byte for byte when no resize is asked; anything else is re-encoded as PNG (lossless).
+_KEPT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def write_shards(
+    source: str | os.PathLike | Dataset | DatasetDict,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 1000,
+    max_side: int | None = None,
+    quality: int = 90,
+    format: str | None = None,
+    on_bad_image: str = "skip",
+    seed: int = 0,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Write every split of ``source`` as ``out_dir/<split>-NNNNNN.tar`` shards of ``shard_size`` samples
+    (``<key>.<jpg|png|webp>`` + ``<key>.cls``), plus ``labels.txt`` and ``shards.json``; returns the manifest.
+
+    ``max_side`` shrinks images whose longer side is larger (EXIF orientation applied, re-encoded as JPEG at
+    ``quality``); otherwise JPEG, PNG and WebP bytes are copied unchanged. Unreadable images are reported and left
+    out as ``load_image_dataset`` does (``on_bad_image="error"`` stops at the first).
+    """
+    if shard_size < 1:
+        raise ValueError(f"--shard_size must be >= 1, got {shard_size}")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"--max_side must be >= 1, got {max_side}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be in 1..100, got {quality}")
+    if on_bad_image == "keep":
+        raise ValueError("--on_bad_image keep would write unreadable images into shards: use skip or error")
+    data = load_image_dataset(source, format=format, on_bad_image=on_bad_image, seed=seed)
+    names = list(data["train"].features["label"].names)
+    out = make_folder(out_dir)
+    write_text(out / "labels.txt", "".join(f"{name}\n" for name in names))
+    splits = {}
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:  # PIL encodes and decodes without the GIL
+        for split, ds in data.items():
+            splits[split] = _write_split(
+                ds.cast_column("image", Image(decode=False)), out, split, pool, shard_size, max_side, quality, seed
+            )
+    manifest = {
+        "format": "webdataset",
+        "labels": "labels.txt",
+        "num_classes": len(names),
+        "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
+        "shard_size": shard_size,
+        "max_side": max_side,
+        "splits": splits,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _write_split(
+    ds: Dataset,
+    out: Path,
+    split: str,
+    pool: ThreadPoolExecutor,
+    shard_size: int,
+    max_side: int | None,
+    quality: int,
+    seed: int,
+) -> dict[str, Any]:
+    # Ordering by rng.random (rather than permutation) ties the order to numpy's stable bit stream.
+    order = np.argsort(np.random.default_rng([seed, 2]).random(len(ds)), kind="stable")
+    labels = ds.with_format("arrow")["label"].to_numpy()
+    numbers = []
+    for shard, start in enumerate(range(0, len(ds), shard_size)):
+        rows = order[start : start + shard_size].tolist()
+        images = ds.select(rows)["image"]
+        encoded = pool.map(lambda value: _encode(value, max_side, quality), images)
+        path = out / f"{split}-{shard:06d}.tar"
+        with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for position, (row, (data, ext)) in enumerate(zip(rows, encoded), start=start):
+                key = f"{position:08d}"
+                _add(tar, f"{key}.{ext}", data)
+                _add(tar, f"{key}.cls", f"{int(labels[row])}\n".encode())
+        numbers.append(f"{shard:06d}")
+        logger.info("Wrote %s (%d samples)", path, len(rows))
+    return {"pattern": f"{split}-{compress_range(numbers)}.tar", "shards": len(numbers), "samples": len(ds)}
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed header fields: reproducible bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _encode(value: dict[str, Any], max_side: int | None, quality: int) -> tuple[bytes, str]:
+    """The bytes and extension of one image: the original file where possible, else re-encoded."""
+    data = value.get("bytes")
+    if data is None:
+        data = Path(value["path"]).read_bytes()
+    image = open_image(data)
+    try:
+        big = max_side is not None and max(image.size) > max_side
+        if not big and image.format in _KEPT:
+            return data, _KEPT[image.format]
+        orientation = exif_orientation(image)
+        upright = image.transpose(_UPRIGHT[orientation]) if orientation > 1 else image
+        rgb = to_rgb(upright)
+        buffer = io.BytesIO()
+        if big:
+            scale = max_side / max(rgb.size)
+            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            rgb.resize(size, PIL.Image.Resampling.BICUBIC, reducing_gap=3.0).save(buffer, "JPEG", quality=quality)
+            return buffer.getvalue(), "jpg"
+        rgb.save(buffer, "PNG")
+        return buffer.getvalue(), "png"
+    finally:
+        image.close()

@@ -1,0 +1,197 @@
+"""Training on iterable data (tar shards, ``--streaming``): the per-process loader, its checkpointed position, the
+evaluation splits, and the linear-probe head fitted on a prefix of the stream.
+
+Accelerate does not prepare this loader: its iterable-dataset wrappers would have every process read all the data
+(and keep a slice) or one process read for all. Here each process reads only its own shards, so a step trains on
+``per_device_train_batch_size`` samples of each process's stream, and the batches are moved to the device here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from datasets import ClassLabel, DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import ImageTransforms, MixupCutmix, load_image_dataset
+from ..data.shards import expand_pattern, looks_like_shards
+from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, read_shards_as_dataset, shard_source
+from ..data.streaming import split_of_pattern
+from ..data.streams import SampleStream, StreamCollate
+from .features import FeatureDataset
+
+# Images of the stream's first epoch whose features fit the LP-FT head (all of them when the stream is shorter).
+LINEAR_PROBE_SAMPLES = 4096
+
+
+def open_stream_source(data_args: Any) -> StreamSource | None:
+    """The iterable source ``--dataset`` names (shards, or anything with ``--streaming``); None for map-style data."""
+    dataset = data_args.dataset
+    if data_args.streaming:
+        if dataset is None:
+            raise ValueError("--streaming needs --dataset (a Hub id or a folder of parquet/arrow files).")
+        source = hub_stream_source(dataset, on_bad=data_args.on_bad_image)
+    elif looks_like_shards(dataset):
+        source = shard_source(
+            dataset,
+            label_file=data_args.label_file,
+            on_bad=data_args.on_bad_image,
+            eval_split_patterns=data_args.eval_dataset is None,
+        )
+    else:
+        return None
+    if data_args.eval_dataset is not None:
+        source.eval_data = eval_splits(data_args.eval_dataset, source.names, data_args)
+    check_eval_splits(source.eval_data, source.names, data_args.eval_dataset or dataset)
+    return source
+
+
+def eval_splits(spec: str, names: Sequence[str], data_args: Any) -> DatasetDict:
+    """``--eval_dataset``: shards (a pattern, its split from the file name, or a shard folder's validation/test
+    splits) or anything ``load_image_dataset`` reads (its validation/test splits; a folder without splits is test)."""
+    if looks_like_shards(spec):
+        if "{" not in spec and not spec.endswith(".tar"):
+            return shard_source(spec, label_file=data_args.label_file, on_bad=data_args.on_bad_image).eval_data
+        return DatasetDict({split_of_pattern(spec): read_shards_as_dataset(expand_pattern(spec), names)})
+    data = load_image_dataset(spec, format=data_args.dataset_format, on_bad_image=data_args.on_bad_image)
+    return DatasetDict({s: data[s] for s in EVAL_SPLITS if s in data} or {"test": data["train"]})
+
+
+def check_eval_splits(data: DatasetDict, names: Sequence[str], source: str) -> None:
+    for split, ds in data.items():
+        if len(ds) == 0:
+            raise ValueError(f"The {split!r} split of {source} is empty: no images to evaluate on.")
+        feature = ds.features.get("label")
+        if not isinstance(feature, ClassLabel) or list(feature.names) != list(names):
+            found = feature.names if isinstance(feature, ClassLabel) else feature
+            raise ValueError(
+                f"The {split!r} split of {source} has classes {found}, but the training shards' label file has "
+                f"{list(names)}: evaluation must use the same classes, in the same order."
+            )
+
+
+@dataclass
+class StreamTrainData:
+    """This process's training batches, endless, and the stream position a checkpoint restores."""
+
+    dataset: SampleStream
+    loader: DataLoader
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    skipped: dict[int, int] = field(default_factory=dict)
+    next_worker: int = 0
+
+    @property
+    def workers(self) -> int:
+        return max(self.num_workers, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "units": len(self.dataset.units),
+            "shuffle_buffer": self.dataset.shuffle_buffer,
+            "next_worker": self.next_worker,
+            "positions": {str(w): list(p) for w, p in sorted(self.positions.items())},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Any) -> None:
+        """Continue after the last sample each worker had delivered when ``checkpoint`` was written."""
+        mine = {k: state.get(k) for k in ("batch_size", "num_workers", "units", "shuffle_buffer")}
+        now = {"batch_size": self.batch_size, "num_workers": self.num_workers, "units": len(self.dataset.units),
+               "shuffle_buffer": self.dataset.shuffle_buffer}  # fmt: skip
+        if mine != now:
+            differ = ", ".join(f"{k} {mine[k]} -> {now[k]}" for k in now if mine[k] != now[k])
+            raise ValueError(
+                f"{checkpoint} was written by a stream with other settings ({differ}): resume with the same shards, "
+                "--per_device_train_batch_size, --dataloader_num_workers and --shuffle_buffer."
+            )
+        self.positions = {int(w): (int(p[0]), int(p[1])) for w, p in state["positions"].items()}
+        self.next_worker = int(state["next_worker"])
+        self.dataset.start, self.dataset.first_worker = dict(self.positions), self.next_worker
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            worker, epoch, offset, skipped = batch.pop("stream").tolist()
+            self.positions[worker], self.skipped[worker] = (epoch, offset), skipped
+            self.next_worker = (worker + 1) % self.workers
+            yield {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+
+def stream_train_data(
+    source: StreamSource,
+    transforms: ImageTransforms,
+    accelerator: Accelerator,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle_buffer: int,
+    num_workers: int,
+    on_bad: str,
+    mixup: MixupCutmix | None = None,
+) -> StreamTrainData:
+    dataset = SampleStream(
+        source.units,
+        source.reader,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        on_bad=on_bad,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=StreamCollate(transforms, mixup),
+        # Its own generator, so creating the iterator never advances the global RNG (as for map-style data).
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+    return StreamTrainData(dataset, loader, batch_size, num_workers, accelerator.device)
+
+
+@torch.no_grad()
+def stream_prefix_features(
+    source: StreamSource,
+    transforms: ImageTransforms,
+    model: nn.Module,
+    head: nn.Module,
+    accelerator: Accelerator,
+    forward_kwargs: dict[str, Any],
+    *,
+    seed: int,
+    shuffle_buffer: int,
+    batch_size: int,
+) -> FeatureDataset:
+    """Head inputs (eval transform) for the first :data:`LINEAR_PROBE_SAMPLES` images of the stream's first epoch,
+    each process reading its own part, gathered in process order so every process fits the same head."""
+    limit = math.ceil(LINEAR_PROBE_SAMPLES / accelerator.num_processes)
+    dataset = SampleStream(
+        source.units, source.reader, seed=seed, shuffle_buffer=shuffle_buffer, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, epochs=1, limit=limit,
+    )  # fmt: skip
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=StreamCollate(transforms))
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float().cpu()))
+    was_training, labels = model.training, []
+    model.eval()
+    try:
+        for batch in loader:
+            with accelerator.autocast():
+                model(pixel_values=batch["pixel_values"].to(accelerator.device), **forward_kwargs)
+            labels.append(batch["labels"])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    parts = gather_object([(torch.cat(captured), torch.cat(labels))])
+    return FeatureDataset(torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts]))
