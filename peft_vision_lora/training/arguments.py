@@ -111,13 +111,13 @@ class DataArguments:
     )
     label_file: str | None = field(
         default=None,
-        metadata={"help": "Class names of tar shards: labels.txt or classes.json. Default: the one next to the shards."},
+        metadata={"help": "Class names of tar shards: labels.txt or classes.json. Default: the one beside the shards."},
     )
     eval_dataset: str | None = field(
         default=None,
         metadata={
-            "help": "Evaluation data of a streamed --dataset: a shard pattern or folder, or anything load_image_dataset "
-            "reads (its validation/test splits). Default: the validation/test splits of the shard folder or stream."
+            "help": "Evaluation data of a streamed --dataset: a shard pattern or folder, or anything "
+            "load_image_dataset reads (its validation/test splits). Default: those of the shard folder or stream."
         },
     )
     shuffle_buffer: int = field(

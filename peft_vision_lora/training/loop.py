@@ -365,8 +365,8 @@ class Trainer:
     def _build_optimization(self) -> None:
         args = self.args
         if self.stream is not None:  # nominal epochs, when the stream's length is known; 0: unknown
-            self.batches_per_epoch = (self.stream_source.num_samples or 0) // self.global_batch_size * (
-                args.gradient_accumulation_steps
+            self.batches_per_epoch = (
+                (self.stream_source.num_samples or 0) // self.global_batch_size * (args.gradient_accumulation_steps)
             )
         else:
             self.batches_per_epoch = len(self.train_data.loader)

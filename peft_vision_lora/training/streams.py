@@ -22,8 +22,14 @@ from torch.utils.data import DataLoader
 
 from ..data import ImageTransforms, MixupCutmix, load_image_dataset
 from ..data.shards import expand_pattern, looks_like_shards
-from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, read_shards_as_dataset, shard_source
-from ..data.streaming import split_of_pattern
+from ..data.streaming import (
+    EVAL_SPLITS,
+    StreamSource,
+    hub_stream_source,
+    read_shards_as_dataset,
+    shard_source,
+    split_of_pattern,
+)
 from ..data.streams import SampleStream, StreamCollate
 from .features import FeatureDataset
 
