@@ -6,6 +6,7 @@ peft-vision-lora merge out/ merged/                            # standalone tran
 peft-vision-lora predict out/ photo.jpg [more.jpg ...] [--top_k 3]
 peft-vision-lora evaluate out/ --dataset flowers/ [--split test]    # metrics.json, confusion matrix, mistakes grid
 peft-vision-lora demo out/ [more/ ...] [--host 127.0.0.1] [--port 7860]   # Gradio web page (the demo extra)
+peft-vision-lora shard flowers/ shards/ [--shard_size 1000] [--max_side 320 --quality 90]   # WebDataset tar shards
 """
 
 from __future__ import annotations
@@ -174,6 +175,48 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _shard(argv: list[str]) -> int:
+    import json
+
+    from .data.shard_writer import write_shards
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} shard",
+        description="Write a dataset as WebDataset tar shards (<split>-NNNNNN.tar of <key>.jpg|png|webp + <key>.cls), "
+        "labels.txt and shards.json, in a seeded order; train on them with --dataset OUT (or the printed pattern).",
+    )
+    parser.add_argument("source", help="Anything load_image_dataset reads (image folder, reference layout, Hub id).")
+    parser.add_argument("out_dir", help="Folder the shards, labels.txt and shards.json are written to.")
+    parser.add_argument("--shard_size", type=int, default=1000, help="Samples per shard.")
+    parser.add_argument(
+        "--max_side", type=int, default=None, help="Shrink images whose longer side exceeds this (re-encoded JPEG)."
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
+    parser.add_argument("--dataset_format", default=None, help="Dataset layout, when it is not detected.")
+    parser.add_argument(
+        "--on_bad_image", choices=("skip", "error"), default="skip", help="Unreadable images: leave out, or stop."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the order samples are written in.")
+    args = parser.parse_args(argv)
+    try:
+        manifest = write_shards(
+            args.source,
+            args.out_dir,
+            shard_size=args.shard_size,
+            max_side=args.max_side,
+            quality=args.quality,
+            format=args.dataset_format,
+            on_bad_image=args.on_bad_image,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"{PROG} shard: error: {error}", file=sys.stderr)
+        return 1
+    for split, info in manifest["splits"].items():
+        print(json.dumps({"split": split, "pattern": f"{args.out_dir}/{info['pattern']}", **info}))
+    return 0
+
+
 # name -> (one-line help, handler receiving the arguments after the name and returning the exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "train": ("Fine-tune a vision transformer (LoRA, full or linear probe) on an image dataset.", _train),
@@ -181,6 +224,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "merge": ("Merge an adapter into its backbone: a standalone transformers model folder.", _merge),
     "predict": ("Classify image files with an adapter or model folder (JSON lines).", _predict),
     "evaluate": ("Evaluate a trained folder on a dataset split (metrics, confusion matrix, mistakes grid).", _evaluate),
+    "shard": ("Write a dataset as WebDataset tar shards for streaming training.", _shard),
     "demo": ("Serve a web page to try adapter folders or Hub ids on your own images (Gradio).", _demo),
 }
 

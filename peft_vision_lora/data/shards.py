@@ -108,7 +108,7 @@ class _Closing:
     """A stream plus what must happen when it is closed (a pipe's exit status is checked)."""
 
     def __init__(self, stream: IO[bytes], process: subprocess.Popen | None = None, url: str = ""):
-        self.stream, self.process, self.url = stream, process, url
+        self.stream, self.process, self.url, self.reported = stream, process, url, False
 
     def read(self, size: int = -1) -> bytes:
         return self.stream.read(size)
@@ -119,7 +119,7 @@ class _Closing:
             return
         if not check:  # abandoned before its end: the command need not finish
             self.process.kill()
-        if self.process.wait() != 0 and check:
+        if self.process.wait() != 0 and check and not self.reported:
             raise ShardError(self.url, f"the pipe command exited with status {self.process.returncode}")
 
 
@@ -174,8 +174,15 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                             yield key, fields
                         key, fields = member_key, {}
                     fields[field] = data
+                # A tar ends with a zero block; tarfile takes a missing or partial header for the end, so a shard
+                # cut at a member boundary would pass unnoticed without this check.
+                if tar.fileobj.pos - tar.offset < tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("no end-of-archive marker")
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             after = f" after sample {last!r}" if last else " before its first sample"
+            if stream.process is not None and stream.process.wait() != 0:  # the command's failure explains it
+                stream.reported = True
+                raise ShardError(url, f"the pipe command exited with status {stream.process.returncode}") from exc
             raise ShardError(url, f"truncated or corrupt tar{after} ({type(exc).__name__}: {exc})") from exc
         complete = True
         if key is not None:
