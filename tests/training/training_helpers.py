@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,3 +38,18 @@ def make_imagefolder(
                 pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 PIL.Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launcher() -> list[str]:
+    """``accelerate launch`` of this interpreter's environment, with the options every CPU test launch shares."""
+    accelerate = shutil.which(
+        "accelerate", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    assert accelerate, "the accelerate launcher is not installed"
+    return [accelerate, "launch", "--mixed_precision", "no", "--dynamo_backend", "no"]

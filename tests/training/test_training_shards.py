@@ -1,0 +1,123 @@
+"""Training on tar shards: step-based runs, evaluation splits, and an exact resume after SIGKILL in two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from training_helpers import accelerate_launcher, free_port
+
+from peft_vision_lora.data.shard_writer import write_shards
+from peft_vision_lora.training import parse_args, train
+from peft_vision_lora.training.checkpointing import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "train.py"
+FREEZE_DRIVER = Path(__file__).with_name("freeze_after_steps.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data as shards of 4 samples: 6 train, 2 validation and 3 test shards."""
+    out = tmp_path_factory.mktemp("tiny-shards") / "colours"
+    write_shards(tiny_data, out, shard_size=4)
+    return out
+
+
+def run(tiny_vit, dataset, out, *flags):
+    args = ["--model", str(tiny_vit), "--dataset", str(dataset), "--output_dir", str(out), "--disable_tqdm", *flags]
+    return train(*parse_args(args))
+
+
+def test_training_on_a_shard_folder_and_on_a_pattern(tiny_vit, tiny_data, tiny_shards, tmp_path):
+    metrics = run(tiny_vit, tiny_shards, tmp_path / "folder", "--max_steps", "6", "--per_device_train_batch_size",
+                  "4", "--eval_steps", "3", "--shuffle_buffer", "8", "--learning_rate", "1e-2")  # fmt: skip
+    assert metrics["total_steps"] == 6 and metrics["train"]["stream"]["units"] == 6
+    assert metrics["train"]["stream"]["skipped_bad_samples"] == 0
+    # The manifest's validation and test splits are evaluated whole; the run learns the colours.
+    assert metrics["eval"]["num_samples"] == 6 and metrics["test"]["num_samples"] == 12
+    assert metrics["test"]["top1_accuracy"] > 0.5
+    assert (tmp_path / "folder" / "adapter_model.safetensors").is_file()
+    log = [json.loads(line) for line in (tmp_path / "folder" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval_loss" in e] == [3, 6] and log[0]["epoch"] is not None
+
+    # A pattern with evaluation data from an image folder; nothing tells the stream's length.
+    pattern = f"{tiny_shards}/train-{{000000..000005}}.tar"
+    metrics = run(tiny_vit, pattern, tmp_path / "pattern", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                  "--eval_dataset", str(tiny_data), "--head_init", "random")  # fmt: skip
+    assert metrics["eval"]["num_samples"] == 6 and metrics["test"]["num_samples"] == 12
+    log = [json.loads(line) for line in (tmp_path / "pattern" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["epoch"] is None
+
+
+def test_stream_options_are_checked_before_training(tiny_vit, tiny_data, tiny_shards, tmp_path):
+    with pytest.raises(ValueError, match="--max_steps N is required with tar shards"):
+        run(tiny_vit, tiny_shards, tmp_path / "a")
+    with pytest.raises(ValueError, match="--resolution_schedule needs epochs"):
+        run(tiny_vit, tiny_shards, tmp_path / "b", "--max_steps", "2", "--resolution_schedule", "16", "32")
+    (tmp_path / "other.txt").write_text("cyan\nmagenta\nyellow\n")
+    with pytest.raises(ValueError, match="the training shards' label file has"):
+        run(tiny_vit, tiny_shards, tmp_path / "c", "--max_steps", "2", "--label_file", str(tmp_path / "other.txt"),
+            "--eval_dataset", str(tiny_data))  # fmt: skip
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_shards_in_two_processes_gives_the_same_adapter(tiny_vit, tiny_shards, tmp_path):
+    # 2 processes x 2 loader workers = 4 readers over 6 shards; batches of 2 per process, checkpoints at 3 and 6.
+    flags = [
+        "--model", str(tiny_vit), "--dataset", str(tiny_shards), "--max_steps", "8",
+        "--per_device_train_batch_size", "2", "--dataloader_num_workers", "2", "--shuffle_buffer", "3",
+        "--save_steps", "3", "--eval_steps", "4", "--per_device_eval_batch_size", "5", "--lora_dropout", "0.1",
+        "--learning_rate", "1e-2", "--logging_steps", "1", "--disable_tqdm",
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def launch(script: Path, out: Path, *extra: str, **kwargs) -> list[str]:
+        launcher = [*accelerate_launcher(), "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--main_process_port", str(free_port())]  # fmt: skip
+        return [*launcher, str(script), *flags, "--output_dir", str(out), *extra]
+
+    uninterrupted = tmp_path / "uninterrupted"
+    result = subprocess.run(launch(EXAMPLE, uninterrupted), env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _freeze(launch(FREEZE_DRIVER, killed), FREEZE_DRIVER),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert "FROZEN" in (line.strip() for line in iter(process.stdout.readline, "")), "ended before step 5"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    assert [p.name for p in list_checkpoints(killed)] == ["checkpoint-3"]
+    state = json.loads((killed / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert len(state["data_state"]) == 2 and all(len(s["positions"]) == 2 for s in state["data_state"])
+
+    result = subprocess.run(
+        launch(EXAMPLE, killed, "--resume_from_checkpoint", "latest"), env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = load_file(uninterrupted / "adapter_model.safetensors")
+    actual = load_file(killed / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert max((expected[k] - actual[k]).abs().max().item() for k in expected) <= 1e-6
+    before, after = (json.loads((d / "metrics.json").read_text()) for d in (uninterrupted, killed))
+    assert before["num_processes"] == after["num_processes"] == 2
+    assert after["test"]["loss"] == pytest.approx(before["test"]["loss"], abs=1e-6)
+
+
+def _freeze(command: list[str], driver: Path) -> list[str]:
+    """The launch command with the freeze driver's step count (5) right after the driver script."""
+    at = command.index(str(driver)) + 1
+    return [*command[:at], "5", *command[at:]]
