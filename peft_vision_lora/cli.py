@@ -21,6 +21,7 @@ PROG = "peft-vision-lora"
 
 def _train(argv: list[str]) -> int:
     from .training import parse_args, train
+    from .training.launch import LaunchError
 
     prog = f"{PROG} train"
     try:
@@ -28,7 +29,11 @@ def _train(argv: list[str]) -> int:
     except ValueError as error:  # option validation (__post_init__): a usage error, not a crash
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    train(model_args, data_args, training_args, command=shlex.join([PROG, "train", *argv]))
+    try:
+        train(model_args, data_args, training_args, command=shlex.join([PROG, "train", *argv]))
+    except LaunchError as error:  # launched for several machines as one process: say what to add
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
