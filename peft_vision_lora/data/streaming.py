@@ -116,9 +116,11 @@ class HubShardReader:
     def __call__(self, unit: str) -> Iterator[Sample | ShardError]:
         index = int(unit.rsplit("#", 1)[1])
         part = self.dataset.shard(num_shards=self.dataset.num_shards, index=index)
-        for row, example in enumerate(part):
+        # .iter(), not iter(): inside a DataLoader worker the latter would split the one shard among workers again.
+        rows = ((image, label) for batch in part.iter(batch_size=64)
+                for image, label in zip(batch[self.image_column], batch[self.label_column]))  # fmt: skip
+        for row, (image, label) in enumerate(rows):
             key = f"{index}-{row}"
-            image, label = example.get(self.image_column), example.get(self.label_column)
             error = None
             if not image or not (image.get("bytes") or image.get("path")):
                 error = ShardError(unit, "no image", key)

@@ -9,9 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from datasets import Image
 from safetensors.torch import load_file
 from training_helpers import accelerate_launcher, free_port
 
+from peft_vision_lora.data import load_image_dataset
 from peft_vision_lora.data.shard_writer import write_shards
 from peft_vision_lora.training import parse_args, train
 from peft_vision_lora.training.checkpointing import list_checkpoints
@@ -121,3 +123,17 @@ def _freeze(command: list[str], driver: Path) -> list[str]:
     """The launch command with the freeze driver's step count (5) right after the driver script."""
     at = command.index(str(driver)) + 1
     return [*command[:at], "5", *command[at:]]
+
+
+def test_streaming_a_parquet_dataset(tiny_vit, tiny_data, tmp_path):
+    data = load_image_dataset(tiny_data).cast_column("image", Image(decode=False))
+    folder = tmp_path / "parquet" / "data"
+    folder.mkdir(parents=True)
+    for split, ds in data.items():
+        with_bytes = ds.map(lambda row: {"image": {"bytes": Path(row["image"]["path"]).read_bytes(), "path": None}})
+        for part in range(2):  # two files: two units to split between readers
+            with_bytes.shard(2, part).to_parquet(folder / f"{split}-0000{part}-of-00002.parquet")
+    metrics = run(tiny_vit, tmp_path / "parquet", tmp_path / "out", "--streaming", "--max_steps", "3",
+                  "--per_device_train_batch_size", "4", "--dataloader_num_workers", "2")  # fmt: skip
+    assert metrics["train"]["stream"]["units"] == 2 and metrics["train"]["stream"]["source"].startswith("streaming")
+    assert metrics["eval"]["num_samples"] == 6 and metrics["test"]["num_samples"] == 12
