@@ -147,3 +147,23 @@ def test_inference_quick(tmp_path):
     assert f"{prefix}, peak RSS" in ratios and "| mixed-batch | 8 |" in stdout
     printed = {row[1]: row for row in table_rows(stdout, "model") if len(row) == 6}
     assert float(printed["lora-merged"][3]) == pytest.approx(variants["lora-merged"]["images_per_s"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_data_pipeline_quick(tmp_path):
+    stdout, result = run_benchmark("data_pipeline.py", tmp_path)
+    assert result["machine"]["cpu_flags"] is not None and "Machine:" in stdout
+    rows = {row["name"]: row for row in result["rows"]}
+    startup = {(r["dataset"], r["label"]) for r in rows.values() if r["mode"] == "startup"}
+    assert startup == {
+        (d, k) for d in ("cifar-small", "cifar-large") for k in ("folder (scan)", "folder (no scan)", "shards")
+    }
+    rates = [r for r in rows.values() if r["mode"] == "rate"]
+    assert {(r["dataset"], r["label"]) for r in rates} == {
+        ("cifar-large", "folder"), ("cifar-large", "shards"),
+        ("photos", "folder"), ("photos", "shards"), ("photos", "shards --max_side 320"),
+    }  # fmt: skip
+    assert all(r["images_per_s"]["median"] > 0 and r["startup_s"]["median"] > 0 for r in rates)
+    folder, shards = (rows[f"rate cifar-large {v} 1w"]["images_per_s"]["median"] for v in ("folder", "shards"))
+    assert result["ratios"]["cifar-large shards / folder"]["1"] == pytest.approx(shards / folder)
+    assert "| shards / folder |" in stdout and "Start-up on cifar-large" in stdout

@@ -1,11 +1,15 @@
 """Image classification data: ``load_image_dataset`` for folders, reference datasets and Hub datasets, and fast
-``ImageTransforms`` (train augmentation and processor-exact eval) for ``datasets.Dataset.with_transform``."""
+``ImageTransforms`` (train augmentation and processor-exact eval) for ``datasets.Dataset.with_transform``; WebDataset
+tar shards (``write_shards``, ``SampleStream``) for data too large to list."""
 
 from .augment import AUTO_AUGMENT_POLICIES, auto_augment
 from .images import IMAGE_EXTENSIONS, SAFE_FORMATS, BadImageError, check_image, open_image, to_rgb
 from .layouts import FLOWERS102_CLASSES, FORMATS, LAYOUTS, LayoutError, load_array_pickle, normalize_columns
 from .loading import BAD_IMAGE_POLICIES, few_shot, load_image_dataset, stratified_split
 from .mixup import MixupCutmix
+from .shard_writer import write_shards
+from .shards import ShardError, expand_pattern, looks_like_shards, read_label_file
+from .streams import SampleStream
 from .transforms import ImageTransforms, Preprocessing, TransformOptions, normalize_on_device, random_resized_crop_box
 
 __all__ = [
@@ -21,16 +25,22 @@ __all__ = [
     "LayoutError",
     "MixupCutmix",
     "Preprocessing",
+    "SampleStream",
+    "ShardError",
     "TransformOptions",
     "auto_augment",
     "check_image",
+    "expand_pattern",
     "few_shot",
     "load_array_pickle",
     "load_image_dataset",
+    "looks_like_shards",
     "normalize_columns",
     "normalize_on_device",
     "open_image",
     "random_resized_crop_box",
+    "read_label_file",
     "stratified_split",
     "to_rgb",
+    "write_shards",
 ]

@@ -253,3 +253,11 @@ def test_streaming_parquet_dataset(tmp_path):
     ]
     assert sorted(s["label"] for s in samples) == [0] * 4 + [1] * 4
     assert len({s["image"]["path"] for s in samples}) == 8
+
+
+def test_shard_command_reports_bad_options_and_sources(folder, tmp_path, capsys):
+    assert main(["shard", str(folder), str(tmp_path / "a"), "--shard_size", "0"]) == 1
+    assert "--shard_size must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["shard", str(tmp_path / "missing"), str(tmp_path / "b")]) == 1
+    assert "missing does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
