@@ -63,7 +63,7 @@ def write_shards(
     out = make_folder(out_dir)
     write_text(out / "labels.txt", "".join(f"{name}\n" for name in names))
     splits = {}
-    threads = num_threads or min(8, os.cpu_count() or 1)
+    threads = num_threads or os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:  # PIL encodes and decodes without the GIL
         for split, ds in data.items():
             splits[split] = _write_split(
