@@ -91,6 +91,19 @@ def read_shards_as_dataset(urls: Sequence[str], names: Sequence[str], on_bad: st
     return Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+def shard_eval_splits(
+    spec: str, *, names: Sequence[str] | None = None, label_file: str | None = None, on_bad: str = "skip"
+) -> DatasetDict:
+    """Evaluation splits read whole from shards: a shard folder's validation/test splits, or one pattern's samples
+    under the split its file name says (``test-{...}.tar`` -> test), labelled by ``names`` when given (the training
+    classes), else by the label file."""
+    if "{" not in spec and (Path(spec) / MANIFEST).is_file():
+        return shard_source(spec, label_file=label_file, on_bad=on_bad).eval_data
+    urls = expand_pattern(spec)
+    names = list(names) if names is not None else read_label_file(label_file or find_label_file(urls))
+    return DatasetDict({split_of_pattern(spec): read_shards_as_dataset(urls, names, on_bad)})
+
+
 def split_of_pattern(pattern: str) -> str:
     """The split a shard pattern holds, from its file name (``test-{...}.tar`` -> test); ``test`` when unsaid."""
     base = os.path.basename(pattern).lower()

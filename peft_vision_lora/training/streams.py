@@ -21,15 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import ImageTransforms, MixupCutmix, load_image_dataset
-from ..data.shards import expand_pattern, looks_like_shards
-from ..data.streaming import (
-    EVAL_SPLITS,
-    StreamSource,
-    hub_stream_source,
-    read_shards_as_dataset,
-    shard_source,
-    split_of_pattern,
-)
+from ..data.shards import looks_like_shards
+from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, shard_eval_splits, shard_source
 from ..data.streams import SampleStream, StreamCollate
 from .features import FeatureDataset
 
@@ -63,9 +56,7 @@ def eval_splits(spec: str, names: Sequence[str], data_args: Any) -> DatasetDict:
     """``--eval_dataset``: shards (a pattern, its split from the file name, or a shard folder's validation/test
     splits) or anything ``load_image_dataset`` reads (its validation/test splits; a folder without splits is test)."""
     if looks_like_shards(spec):
-        if "{" not in spec and not spec.endswith(".tar"):
-            return shard_source(spec, label_file=data_args.label_file, on_bad=data_args.on_bad_image).eval_data
-        return DatasetDict({split_of_pattern(spec): read_shards_as_dataset(expand_pattern(spec), names)})
+        return shard_eval_splits(spec, names=names, label_file=data_args.label_file, on_bad=data_args.on_bad_image)
     data = load_image_dataset(spec, format=data_args.dataset_format, on_bad_image=data_args.on_bad_image)
     return DatasetDict({s: data[s] for s in EVAL_SPLITS if s in data} or {"test": data["train"]})
 

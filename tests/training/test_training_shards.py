@@ -17,6 +17,7 @@ from peft_vision_lora.data import load_image_dataset
 from peft_vision_lora.data.shard_writer import write_shards
 from peft_vision_lora.training import parse_args, train
 from peft_vision_lora.training.checkpointing import list_checkpoints
+from peft_vision_lora.training.evaluate_folder import evaluate_folder
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "train.py"
@@ -55,6 +56,17 @@ def test_training_on_a_shard_folder_and_on_a_pattern(tiny_vit, tiny_data, tiny_s
     assert metrics["eval"]["num_samples"] == 6 and metrics["test"]["num_samples"] == 12
     log = [json.loads(line) for line in (tmp_path / "pattern" / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["epoch"] is None
+
+    # Evaluation shards given as a pattern take the training classes and the split their file name says.
+    metrics = run(tiny_vit, pattern, tmp_path / "eval-pattern", "--max_steps", "1", "--head_init", "random",
+                  "--eval_dataset", f"{tiny_shards}/validation-{{000000..000001}}.tar")  # fmt: skip
+    assert metrics["eval"]["num_samples"] == 6 and "test" not in metrics
+    # `peft-vision-lora evaluate` reads shards too: a shard folder's split, or a pattern.
+    folder_test = evaluate_folder(tmp_path / "folder", tiny_shards, output_dir=tmp_path / "e1")
+    pattern_test = evaluate_folder(tmp_path / "folder", f"{tiny_shards}/test-{{000000..000002}}.tar",
+                                   output_dir=tmp_path / "e2")  # fmt: skip
+    assert folder_test["num_samples"] == pattern_test["num_samples"] == 12
+    assert folder_test["top1_accuracy"] == pattern_test["top1_accuracy"]
 
 
 def test_stream_options_are_checked_before_training(tiny_vit, tiny_data, tiny_shards, tmp_path):
