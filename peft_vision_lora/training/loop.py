@@ -207,9 +207,8 @@ class Trainer:
                 f"--max_steps N is required with {what}: a stream's length is not known up front, so training is "
                 "step-based."
             )
-        for flag, value in (("--resolution_schedule", self.data_args.resolution_schedule),):
-            if value:
-                raise ValueError(f"{flag} needs epochs of a map-style dataset; it does not apply to {what}.")
+        if self.data_args.resolution_schedule:
+            raise ValueError(f"--resolution_schedule needs epochs of a map-style dataset; it does not apply to {what}.")
         for kind in ("eval", "save"):
             if getattr(args, f"{kind}_strategy") == "epoch" and not self.stream_source.num_samples:
                 logger.warning(
@@ -262,7 +261,6 @@ class Trainer:
             )
         self.stream: StreamTrainData | None = None
         if self.stream_source is not None:
-            self.train_tf = train_tf
             self.stream = stream_train_data(
                 self.stream_source,
                 train_tf,
@@ -365,9 +363,8 @@ class Trainer:
     def _build_optimization(self) -> None:
         args = self.args
         if self.stream is not None:  # nominal epochs, when the stream's length is known; 0: unknown
-            self.batches_per_epoch = (
-                (self.stream_source.num_samples or 0) // self.global_batch_size * (args.gradient_accumulation_steps)
-            )
+            known = self.stream_source.num_samples or 0
+            self.batches_per_epoch = known // self.global_batch_size * args.gradient_accumulation_steps
         else:
             self.batches_per_epoch = len(self.train_data.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)

@@ -137,8 +137,8 @@ def test_stream_split_by_node_and_worker_is_disjoint_and_complete(shards):
         return out
 
     everything = {f"{u}/{i:08d}.png" for u in source.units for i in range(18) if u.endswith(f"{i // 4:06d}.tar")}
-    # 5 shards over 2 x 2 readers: whole shards per reader. 5 shards over 2 x 3: every reader reads all, keeps 1/6.
-    for world, workers in ((1, 0), (2, 2), (2, 3)):
+    # 5 shards over 2 x 2 readers: whole shards per reader. 5 shards over 3 x 2: every reader reads all, keeps 1/6.
+    for world, workers in ((1, 0), (2, 2), (3, 2)):
         parts = keys(world, workers)
         flat = [k for part in parts for k in part]
         assert len(flat) == len(set(flat)) == 18 and set(flat) == everything, (world, workers)
