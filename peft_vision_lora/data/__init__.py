@@ -1,12 +1,13 @@
 """Image classification data: ``load_image_dataset`` for folders, reference datasets and Hub datasets, and fast
 ``ImageTransforms`` (train augmentation and processor-exact eval) for ``datasets.Dataset.with_transform``."""
 
+from ..preprocessing import Preprocessing
 from .augment import AUTO_AUGMENT_POLICIES, auto_augment
 from .images import IMAGE_EXTENSIONS, SAFE_FORMATS, BadImageError, check_image, open_image, to_rgb
 from .layouts import FLOWERS102_CLASSES, FORMATS, LAYOUTS, LayoutError, load_array_pickle, normalize_columns
 from .loading import BAD_IMAGE_POLICIES, few_shot, load_image_dataset, stratified_split
 from .mixup import MixupCutmix
-from .transforms import ImageTransforms, Preprocessing, TransformOptions, normalize_on_device, random_resized_crop_box
+from .transforms import ImageTransforms, TransformOptions, normalize_on_device, random_resized_crop_box
 
 __all__ = [
     "AUTO_AUGMENT_POLICIES",

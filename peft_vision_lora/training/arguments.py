@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser, SchedulerType
 
-from ..architectures import DEFAULT_PRESET, NORMALIZATIONS, PRESETS
+from ..architectures import DEFAULT_PRESET, PRESETS
+from ..preprocessing import NORMALIZATIONS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
