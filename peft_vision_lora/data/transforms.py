@@ -40,7 +40,7 @@ from datasets import Dataset, DatasetDict, Image
 from torch.utils.data import get_worker_info
 
 from ..preprocessing import Preprocessing
-from .augment import AUTO_AUGMENT_POLICIES, auto_augment
+from .augment import Augmentation, auto_augment
 from .images import (
     BadImageError,
     Box,
@@ -59,21 +59,12 @@ OUTPUTS = ("float", "uint8")
 
 
 @dataclass
-class TransformOptions:
-    """Augmentation and output options of :class:`ImageTransforms` (the train-only ones are ignored at eval)."""
+class TransformOptions(Augmentation):
+    """Augmentation and output options of :class:`ImageTransforms` (the augmentation is ignored at eval)."""
 
-    scale: tuple[float, float] = field(
-        default=(0.08, 1.0), metadata={"help": "Train: range of the crop area, as a fraction of the image area."}
-    )
     ratio: tuple[float, float] = field(
         default=(3 / 4, 4 / 3), metadata={"help": "Train: range of the crop aspect ratio (width / height)."}
     )
-    hflip: float = field(default=0.5, metadata={"help": "Train: probability of a horizontal flip."})
-    auto_augment: str | None = field(
-        default=None, metadata={"help": "Train: 'rand' (RandAugment), 'trivial' (TrivialAugment-Wide) or None."}
-    )
-    num_ops: int = field(default=2, metadata={"help": "RandAugment: ops per image."})
-    magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude bin, 0-30."})
     output: str = field(default="float", metadata={"help": "'float' (normalised) or 'uint8' (normalise on device)."})
     reduced_decode: bool | None = field(
         default=None,
@@ -89,17 +80,10 @@ class TransformOptions:
     index_column: str = field(default="index", metadata={"help": "Batch key of the sample indices, when present."})
 
     def __post_init__(self) -> None:
-        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got {self.scale}")
+        super().__post_init__()
+        self.ratio = tuple(self.ratio)
         if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {self.ratio}")
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip must be a probability, got {self.hflip}")
-        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENT_POLICIES:
-            raise ValueError(f"auto_augment must be one of {AUTO_AUGMENT_POLICIES} or None, got {self.auto_augment!r}")
-        if self.num_ops < 1 or not 0 <= self.magnitude <= 30:
-            raise ValueError(f"num_ops must be >= 1 and magnitude in 0..30, got {self.num_ops}, {self.magnitude}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.seed < 0:
@@ -290,7 +274,7 @@ class ImageTransforms:
                 return np.asarray(self._eval(pil, image))
             opts = self.options
             rng = np.random.default_rng([opts.seed, self.epoch, key])
-            box = random_resized_crop_box(rng, *upright_size(pil), opts.scale, opts.ratio)
+            box = random_resized_crop_box(rng, *upright_size(pil), (opts.min_crop_scale, 1.0), opts.ratio)
             region = self._decode(pil, box, opts.reduced_decode is not False, image)
         finally:
             if pil is not image:  # close what we opened, never the caller's image

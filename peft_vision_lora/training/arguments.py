@@ -17,6 +17,7 @@ from typing import Any, Literal
 from transformers import HfArgumentParser, SchedulerType
 
 from ..architectures import DEFAULT_PRESET, PRESETS
+from ..data.augment import Augmentation
 from ..preprocessing import NORMALIZATIONS
 
 METHODS = ("lora", "full", "linear")
@@ -88,7 +89,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(Augmentation):
     """What to train on and how images are prepared."""
 
     dataset: str | None = field(
@@ -125,21 +126,11 @@ class DataArguments:
         default="skip",
         metadata={"help": "Unreadable images: skip them (listed in a warning), error on the first, or keep (no scan)."},
     )
-    min_crop_scale: float = field(
-        default=0.35,
-        metadata={
-            "help": "Random resized crop: smallest crop area, as a fraction of the image. 0.35 rather than "
-            "ImageNet's 0.08: a short fine-tuning run on small or low-resolution images learns less from tiny crops."
-        },
-    )
-    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip (0 for text, digits, ...)."})
-    auto_augment: Literal["rand", "trivial"] | None = field(
-        default=None, metadata={"help": "Extra augmentation policy: rand (RandAugment) or trivial (TrivialAugment)."}
-    )
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha); 0 disables Mixup."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha); 0 disables CutMix."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"--val_fraction must be in (0, 1), got {self.val_fraction}.")
         _positive("shots", self.shots)
@@ -152,21 +143,12 @@ class DataArguments:
                 f"--resolution_schedule must end at the target size --image_size {self.image_size}, got "
                 f"{self.resolution_schedule}."
             )
-        if not 0 < self.min_crop_scale <= 1:
-            raise ValueError(f"--min_crop_scale must be in (0, 1], got {self.min_crop_scale}.")
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"--hflip is a probability, got {self.hflip}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("--mixup_alpha and --cutmix_alpha must be >= 0.")
 
     def transform_options(self, seed: int) -> dict[str, Any]:
         """Training augmentation, as ``ImageTransforms`` options."""
-        return {
-            "scale": (self.min_crop_scale, 1.0),
-            "hflip": self.hflip,
-            "auto_augment": self.auto_augment,
-            "seed": seed,
-        }
+        return {**self.augmentation(), "seed": seed}
 
 
 @dataclass

@@ -223,7 +223,7 @@ def test_reduced_decoding_is_used_for_training_only_and_stays_close(tmp_path):
     path = str(write_jpeg(tmp_path / "large.jpg", 1200, 896))  # whole 8x8 blocks: the 1/8 grid fits the crop
     pre = Preprocessing(size=(112, 112))
     batch = {"image": [{"path": path, "bytes": None}], "index": [0]}
-    whole = {"scale": (1.0, 1.0), "ratio": (0.5, 2.0), "hflip": 0.0}  # the crop is the whole image
+    whole = {"min_crop_scale": 1.0, "ratio": (0.5, 2.0), "hflip": 0.0}  # the crop is the whole image
     fast = ImageTransforms(pre, train=True, options=_opts(**whole))(batch)["pixel_values"]
     exact = ImageTransforms(pre, train=True, options=_opts(**whole, reduced_decode=False))(batch)
     assert not torch.equal(fast, exact["pixel_values"])
@@ -259,8 +259,10 @@ def test_decoding_failures_in_the_transform_never_crash(tmp_path, caplog):
 def test_option_errors_name_the_option():
     with pytest.raises(TypeError, match=r"Unknown transform option\(s\) \['flip'\]"):
         ImageTransforms.from_processor(ViTImageProcessorPil(), flip=0.5)
-    with pytest.raises(ValueError, match="scale"):
-        _opts(scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="--min_crop_scale"):
+        _opts(min_crop_scale=0.0)
+    with pytest.raises(ValueError, match="--magnitude"):
+        _opts(magnitude=31)
     with pytest.raises(ValueError, match="auto_augment"):
         _opts(auto_augment="auto")
     with pytest.raises(ValueError, match="crop_pct"):
