@@ -25,6 +25,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "all": ROLES,
 }
 DEFAULT_PRESET = "qkv"
+# The LoRA defaults of build_model and of the training flags: rank 8, updates scaled by alpha / r = 2.
+DEFAULT_R, DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT = 8, 16, 0.0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser, SchedulerType
 
-from ..architectures import DEFAULT_PRESET, PRESETS
+from ..architectures import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_PRESET, DEFAULT_R, PRESETS
 from ..data.augment import Augmentation
 from ..preprocessing import NORMALIZATIONS
 
@@ -55,9 +55,11 @@ class ModelArguments:
             "help": "Projections that get LoRA: " + ", ".join(f"{k} ({'/'.join(v)})" for k, v in PRESETS.items())
         },
     )
-    r: int = field(default=8, metadata={"help": "LoRA rank.", "aliases": ["--lora_length"]})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input."})
+    r: int = field(default=DEFAULT_R, metadata={"help": "LoRA rank.", "aliases": ["--lora_length"]})
+    lora_alpha: int = field(
+        default=DEFAULT_LORA_ALPHA, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."}
+    )
+    lora_dropout: float = field(default=DEFAULT_LORA_DROPOUT, metadata={"help": "Dropout on the LoRA branch input."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
     lora_layers: int | None = field(
         default=None,
