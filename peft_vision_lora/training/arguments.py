@@ -140,11 +140,6 @@ class DataArguments(Augmentation):
         self.resolution_schedule = [int(size) for size in self.resolution_schedule]
         if any(size <= 0 for size in self.resolution_schedule):
             raise ValueError(f"--resolution_schedule sizes must be positive, got {self.resolution_schedule}.")
-        if self.resolution_schedule and self.image_size and self.resolution_schedule[-1] != self.image_size:
-            raise ValueError(
-                f"--resolution_schedule must end at the target size --image_size {self.image_size}, got "
-                f"{self.resolution_schedule}."
-            )
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("--mixup_alpha and --cutmix_alpha must be >= 0.")
 
