@@ -147,3 +147,14 @@ def test_inference_quick(tmp_path):
     assert f"{prefix}, peak RSS" in ratios and "| mixed-batch | 8 |" in stdout
     printed = {row[1]: row for row in table_rows(stdout, "model") if len(row) == 6}
     assert float(printed["lora-merged"][3]) == pytest.approx(variants["lora-merged"]["images_per_s"], rel=1e-2)
+
+
+def test_feature_ceiling_quick(tmp_path):
+    stdout, result = run_benchmark("feature_ceiling.py", tmp_path)
+    (row,) = result["rows"]
+    # The tiny model's colour classes are linearly separable: the probe the LP-FT head comes from must find them.
+    assert row["test_top1"] == 1.0 and row["test_top1_default_l2"] == 1.0
+    assert row["chosen_l2"] in (1e-4, 1e-3) and set(row["val_top1"]) == {"0.0001", "0.001"}
+    assert row["train_images"] == 48 and row["feature_s_per_1k_images"] > 0
+    (cells,) = table_rows(stdout, "dataset")
+    assert cells[:2] == ["quick", "32"] and cells[4] == "100.0"
