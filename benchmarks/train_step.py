@@ -55,42 +55,29 @@ TARGET_TOKEN_DROPOUT = 0.60  # LoRA step with half the patch tokens, against eve
 
 
 def build(config: dict[str, Any]):
-    """(model, trainable parameters, loss function of (pixel_values, labels)) for one configuration."""
+    """(model, trainable parameters, loss function of (pixel_values, labels)) for one configuration, built by the
+    code ``train()`` runs: the same model builder, checkpointing call and token dropout hook."""
     import torch
-    from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
-    import peft_vision_lora as pvl
+    from peft_vision_lora.token_dropout import TokenDropout
+    from peft_vision_lora.training import ModelArguments, TrainingArguments
+    from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing, head_module
 
     hf_logging.set_verbosity_error()  # the fresh head is reported as missing by design
     method, path = config["method"], config["model_path"]
-    if method == "lora":
-        model = pvl.build_model(path, [f"class{i}" for i in range(NUM_LABELS)], preset="qkv", r=8)
-        classifier = model.get_base_model()
-        if config.get("token_keep", 1.0) < 1:
-            from peft_vision_lora.token_dropout import TokenDropout
-
-            TokenDropout(model, config["token_keep"])
-    else:
-        model = classifier = AutoModelForImageClassification.from_pretrained(
-            path, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
-        )
+    # "probe" is train()'s --method linear, timed on images rather than on its cached features.
+    args = ModelArguments(method="linear" if method == "probe" else method, preset="qkv", r=8)
+    model = build_training_model(args, path, [f"class{i}" for i in range(NUM_LABELS)])
+    if config.get("token_keep", 1.0) < 1:
+        TokenDropout(model, config["token_keep"], min_tokens=TrainingArguments(output_dir="-").token_keep_min)
     model.train()
     if config["checkpointing"]:
-        classifier.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if method == "lora":
-            # The patch embedding is frozen: without this the checkpointed blocks would see inputs that need no
-            # grad. Non-reentrant checkpointing does not need it, but a user copying the recipe with the
-            # reentrant variant would silently train nothing.
-            classifier.enable_input_require_grads()
+        enable_gradient_checkpointing(model)
 
     if method == "probe":
         # A linear probe never back-propagates into the backbone: run it without autograd bookkeeping.
-        for param in classifier.parameters():
-            param.requires_grad_(False)
-        head = classifier.classifier
-        head.requires_grad_(True)
-        backbone = classifier.base_model
+        head, backbone = head_module(model), model.base_model
 
         def loss_fn(pixel_values, labels):
             with torch.no_grad():

@@ -15,21 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import PretrainedConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# PIL resampling filter ids, as transformers' image processors store them.
-BILINEAR, BICUBIC = 2, 3
-
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "inception": (INCEPTION_MEAN, INCEPTION_STD),
-    "clip": (CLIP_MEAN, CLIP_STD),
-}
+from .preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing
 
 ROLES = ("q", "k", "v", "o", "fc1", "fc2")
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -39,17 +25,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "all": ROLES,
 }
 DEFAULT_PRESET = "qkv"
-
-
-@dataclass(frozen=True)
-class ProcessorDefaults:
-    """Preprocessing a family's checkpoints expect when they ship no ``preprocessor_config.json`` (timm style)."""
-
-    image_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    resample: int = BICUBIC
-    crop_pct: float = 0.875
+# The LoRA defaults of build_model and of the training flags: rank 8, updates scaled by alpha / r = 2.
+DEFAULT_R, DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT = 8, 16, 0.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +42,7 @@ class VisionArchitecture:
     # Regex of the module path of the patch + position embeddings (their output is the encoder's input sequence).
     embeddings: str = r"embeddings"
     head: str = "classifier"
-    processor: ProcessorDefaults = field(default_factory=ProcessorDefaults)
+    processor: Preprocessing = field(default_factory=Preprocessing)
     # transformers 4.x -> 5.x renames of module paths, applied to adapters saved under the old names.
     legacy_renames: tuple[tuple[str, str], ...] = ()
     # ``key_mapping`` for loading this family's bare-backbone checkpoints into its classification class.
@@ -112,7 +89,7 @@ _CLIP_VISION = VisionArchitecture(
     layer_prefix=r"(?:vision_model\.)?encoder\.layers\.",
     roles=_CLIP_ROLES,
     embeddings=r"(?:vision_model\.)?embeddings",
-    processor=ProcessorDefaults(mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0),
+    processor=Preprocessing(mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0),
     # A transformers 5 CLIPVisionModel saves ``encoder.*``; CLIPForImageClassification wants ``vision_model.encoder.*``.
     checkpoint_key_mapping={r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.": r"vision_model.\1."},
 )
@@ -125,7 +102,7 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         roles=_VIT_ROLES,
         # Checkpoints that ship no processor (DINO, MAE, DeiT, timm conversions) overwhelmingly use ImageNet
         # statistics; Google's 0.5/0.5 checkpoints ship their own preprocessor_config.json, which wins.
-        processor=ProcessorDefaults(),
+        processor=Preprocessing(),
         legacy_renames=(
             (r"\.encoder\.layer\.", ".layers."),
             *_ATTENTION_RENAMES,
@@ -138,7 +115,7 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         classification_class="Dinov2ForImageClassification",
         layer_prefix=r"encoder\.layer\.",
         roles=_DINOV2_ROLES,
-        processor=ProcessorDefaults(),
+        processor=Preprocessing(),
         legacy_renames=_ATTENTION_RENAMES,
     ),
     # Anchored on ``vision_model`` so a full CLIPModel never gets LoRA on its text tower.

@@ -29,7 +29,10 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
 from .architectures import (
+    DEFAULT_LORA_ALPHA,
+    DEFAULT_LORA_DROPOUT,
     DEFAULT_PRESET,
+    DEFAULT_R,
     VisionArchitecture,
     get_architecture,
     rename_legacy_key,
@@ -140,9 +143,9 @@ def build_model(
     labels: Sequence[str],
     *,
     preset: str = DEFAULT_PRESET,
-    r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.0,
+    r: int = DEFAULT_R,
+    lora_alpha: int = DEFAULT_LORA_ALPHA,
+    lora_dropout: float = DEFAULT_LORA_DROPOUT,
     normalization: str | None = None,
     image_size: int | None = None,
     lora_layers: int | None = None,

@@ -8,7 +8,8 @@ from pathlib import Path
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .architectures import NORMALIZATIONS, get_architecture
+from .architectures import get_architecture
+from .preprocessing import NORMALIZATIONS
 
 try:  # transformers 5 splits processors by backend; the PIL one needs no torchvision
     from transformers import CLIPImageProcessorPil as ShortSideCropProcessor
@@ -27,10 +28,10 @@ def default_image_processor(
 ) -> BaseImageProcessor:
     """The eval preprocessing of the architecture table: resize the short side to size/crop_pct, center crop."""
     defaults = get_architecture(config).processor
-    size = image_size or _config_image_size(config) or defaults.image_size
+    size = image_size or _config_image_size(config) or defaults.size[0]
     mean, std = NORMALIZATIONS[normalization] if normalization else (defaults.mean, defaults.std)
     return ShortSideCropProcessor(
-        size={"shortest_edge": int(round(size / defaults.crop_pct))},
+        size={"shortest_edge": int(round(size / (defaults.crop_pct or 1.0)))},
         crop_size={"height": size, "width": size},
         resample=defaults.resample,
         image_mean=list(mean),

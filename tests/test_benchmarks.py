@@ -167,3 +167,14 @@ def test_data_pipeline_quick(tmp_path):
     folder, shards = (rows[f"rate cifar-large {v} 1w"]["images_per_s"]["median"] for v in ("folder", "shards"))
     assert result["ratios"]["cifar-large shards / folder"]["1"] == pytest.approx(shards / folder)
     assert "| shards / folder |" in stdout and "Start-up on cifar-large" in stdout
+
+
+def test_feature_ceiling_quick(tmp_path):
+    stdout, result = run_benchmark("feature_ceiling.py", tmp_path)
+    (row,) = result["rows"]
+    # The tiny model's colour classes are linearly separable: the probe the LP-FT head comes from must find them.
+    assert row["test_top1"] == 1.0 and row["test_top1_default_l2"] == 1.0
+    assert row["chosen_l2"] in (1e-4, 1e-3) and set(row["val_top1"]) == {"0.0001", "0.001"}
+    assert row["train_images"] == 48 and row["feature_s_per_1k_images"] > 0
+    (cells,) = table_rows(stdout, "dataset")
+    assert cells[:2] == ["quick", "32"] and cells[4] == "100.0"

@@ -2,6 +2,7 @@
 ``ImageTransforms`` (train augmentation and processor-exact eval) for ``datasets.Dataset.with_transform``; WebDataset
 tar shards (``write_shards``, ``SampleStream``) for data too large to list."""
 
+from ..preprocessing import Preprocessing
 from .augment import AUTO_AUGMENT_POLICIES, auto_augment
 from .images import IMAGE_EXTENSIONS, SAFE_FORMATS, BadImageError, check_image, open_image, to_rgb
 from .layouts import FLOWERS102_CLASSES, FORMATS, LAYOUTS, LayoutError, load_array_pickle, normalize_columns
@@ -10,7 +11,7 @@ from .mixup import MixupCutmix
 from .shard_writer import write_shards
 from .shards import ShardError, expand_pattern, looks_like_shards, read_label_file
 from .streams import SampleStream
-from .transforms import ImageTransforms, Preprocessing, TransformOptions, normalize_on_device, random_resized_crop_box
+from .transforms import ImageTransforms, TransformOptions, normalize_on_device, random_resized_crop_box
 
 __all__ = [
     "AUTO_AUGMENT_POLICIES",

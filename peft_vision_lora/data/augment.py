@@ -8,7 +8,8 @@ uncovered pixels with ``fill`` (the normalisation mean, so the fill is zero afte
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
@@ -18,6 +19,41 @@ import PIL.ImageOps
 AUTO_AUGMENT_POLICIES = ("rand", "trivial")
 NUM_BINS = 31
 _Apply = Callable[[PIL.Image.Image, float, tuple[int, ...]], PIL.Image.Image]
+
+
+@dataclass
+class Augmentation:
+    """Per-image train augmentation, declared once: the fields of ``TransformOptions`` and the training flags."""
+
+    min_crop_scale: float = field(
+        default=0.35,
+        metadata={
+            "help": "Random resized crop: smallest crop area, as a fraction of the image. 0.35 rather than "
+            "ImageNet's 0.08: a short fine-tuning run on small or low-resolution images learns less from tiny crops."
+        },
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip (0 for text, digits, ...)."})
+    auto_augment: Literal["rand", "trivial"] | None = field(
+        default=None, metadata={"help": "Extra augmentation policy: rand (RandAugment) or trivial (TrivialAugment)."}
+    )
+    num_ops: int = field(default=2, metadata={"help": "RandAugment: ops per image."})
+    magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude bin, 0-30."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_crop_scale <= 1:
+            raise ValueError(f"--min_crop_scale must be in (0, 1], got {self.min_crop_scale}.")
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"--hflip is a probability, got {self.hflip}.")
+        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENT_POLICIES:
+            raise ValueError(
+                f"--auto_augment must be one of {AUTO_AUGMENT_POLICIES} or None, got {self.auto_augment!r}."
+            )
+        if self.num_ops < 1 or not 0 <= self.magnitude < NUM_BINS:
+            raise ValueError(f"--num_ops must be >= 1 and --magnitude in 0..30, got {self.num_ops}, {self.magnitude}.")
+
+    def augmentation(self) -> dict[str, Any]:
+        """These fields alone, e.g. to build ``TransformOptions`` from training arguments."""
+        return {name: getattr(self, name) for name in Augmentation.__dataclass_fields__}
 
 
 def _affine(matrix: Callable[[float], tuple[float, ...]]) -> _Apply:

@@ -39,8 +39,8 @@ import torch
 from datasets import Dataset, DatasetDict, Image
 from torch.utils.data import get_worker_info
 
-from ..architectures import BICUBIC, IMAGENET_MEAN, IMAGENET_STD
-from .augment import AUTO_AUGMENT_POLICIES, auto_augment
+from ..preprocessing import Preprocessing
+from .augment import Augmentation, auto_augment
 from .images import (
     BadImageError,
     Box,
@@ -58,76 +58,13 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("float", "uint8")
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a model expects: its input size, normalisation and eval resize (taken from its image processor)."""
-
-    size: tuple[int, int] = field(default=(224, 224), metadata={"help": "Model input (height, width)."})
-    mean: tuple[float, ...] = field(default=IMAGENET_MEAN, metadata={"help": "Per-channel mean, 0-1 scale."})
-    std: tuple[float, ...] = field(default=IMAGENET_STD, metadata={"help": "Per-channel std, 0-1 scale."})
-    resample: int = field(default=BICUBIC, metadata={"help": "PIL resampling filter id (2 bilinear, 3 bicubic)."})
-    crop_pct: float | None = field(
-        default=0.875,
-        metadata={"help": "Eval: resize the short side to size/crop_pct, then center crop. None: resize to size."},
-    )
-    keep_aspect: bool = field(
-        default=True,
-        metadata={"help": "Eval resize with crop_pct: keep the aspect ratio (short side) or stretch to size/crop_pct."},
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.size, int):
-            object.__setattr__(self, "size", (self.size, self.size))
-        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be a positive (height, width), got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values (std > 0), got {self.mean}, {self.std}")
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1] or None, got {self.crop_pct}")
-
-    @classmethod
-    def from_processor(cls, processor: Any) -> Preprocessing:
-        """Read size, mean, std, resample and crop from a transformers image processor."""
-        size = dict(processor.size or {})
-        resample = int(getattr(processor, "resample", None) or BICUBIC)
-        mean, std = processor.image_mean, processor.image_std
-        crop = dict(getattr(processor, "crop_size", None) or {})
-        if getattr(processor, "do_center_crop", False) and crop.get("height"):
-            out = (crop["height"], crop["width"])
-            if size.get("shortest_edge"):
-                crop_pct, keep_aspect = min(out) / size["shortest_edge"], True
-            elif size.get("height") and size.get("width"):  # DeiT style: stretch to a fixed size, then crop
-                crop_pct, keep_aspect = out[0] / size["height"], False
-            else:
-                raise ValueError(f"Unsupported image processor size {size} with center crop {crop}")
-            return cls(size=out, mean=mean, std=std, resample=resample, crop_pct=crop_pct, keep_aspect=keep_aspect)
-        if size.get("height") and size.get("width"):
-            return cls(size=(size["height"], size["width"]), mean=mean, std=std, resample=resample, crop_pct=None)
-        if size.get("shortest_edge"):
-            edge = size["shortest_edge"]
-            return cls(size=(edge, edge), mean=mean, std=std, resample=resample, crop_pct=1.0)
-        raise ValueError(f"Unsupported image processor size {size}: expected height/width or shortest_edge")
-
-
 @dataclass
-class TransformOptions:
-    """Augmentation and output options of :class:`ImageTransforms` (the train-only ones are ignored at eval)."""
+class TransformOptions(Augmentation):
+    """Augmentation and output options of :class:`ImageTransforms` (the augmentation is ignored at eval)."""
 
-    scale: tuple[float, float] = field(
-        default=(0.08, 1.0), metadata={"help": "Train: range of the crop area, as a fraction of the image area."}
-    )
     ratio: tuple[float, float] = field(
         default=(3 / 4, 4 / 3), metadata={"help": "Train: range of the crop aspect ratio (width / height)."}
     )
-    hflip: float = field(default=0.5, metadata={"help": "Train: probability of a horizontal flip."})
-    auto_augment: str | None = field(
-        default=None, metadata={"help": "Train: 'rand' (RandAugment), 'trivial' (TrivialAugment-Wide) or None."}
-    )
-    num_ops: int = field(default=2, metadata={"help": "RandAugment: ops per image."})
-    magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude bin, 0-30."})
     output: str = field(default="float", metadata={"help": "'float' (normalised) or 'uint8' (normalise on device)."})
     reduced_decode: bool | None = field(
         default=None,
@@ -143,17 +80,10 @@ class TransformOptions:
     index_column: str = field(default="index", metadata={"help": "Batch key of the sample indices, when present."})
 
     def __post_init__(self) -> None:
-        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got {self.scale}")
+        super().__post_init__()
+        self.ratio = tuple(self.ratio)
         if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {self.ratio}")
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip must be a probability, got {self.hflip}")
-        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENT_POLICIES:
-            raise ValueError(f"auto_augment must be one of {AUTO_AUGMENT_POLICIES} or None, got {self.auto_augment!r}")
-        if self.num_ops < 1 or not 0 <= self.magnitude <= 30:
-            raise ValueError(f"num_ops must be >= 1 and magnitude in 0..30, got {self.num_ops}, {self.magnitude}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.seed < 0:
@@ -344,7 +274,7 @@ class ImageTransforms:
                 return np.asarray(self._eval(pil, image))
             opts = self.options
             rng = np.random.default_rng([opts.seed, self.epoch, key])
-            box = random_resized_crop_box(rng, *upright_size(pil), opts.scale, opts.ratio)
+            box = random_resized_crop_box(rng, *upright_size(pil), (opts.min_crop_scale, 1.0), opts.ratio)
             region = self._decode(pil, box, opts.reduced_decode is not False, image)
         finally:
             if pil is not image:  # close what we opened, never the caller's image

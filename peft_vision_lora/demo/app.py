@@ -191,8 +191,7 @@ def launch(
 ) -> gr.Blocks:
     """Build the page and serve it on ``host:port`` (this machine only by default); blocks unless told otherwise."""
     app = build_app(models, top_k=top_k, base_model=base_model)
-    # One model call at a time per adapter set is enforced by DemoModels' lock; a few events may decode and
-    # preprocess concurrently.
+    # A few requests at a time: model calls are thread-safe, and more concurrent forwards than cores only thrash.
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, show_error=True, **launch_kwargs)
     return app

@@ -8,7 +8,6 @@ limit) and anything that cannot be classified raises :class:`BadImageError` with
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,11 +113,8 @@ def _unique_names(sources: Sequence[str]) -> list[str]:
 
 
 class DemoModels:
-    """The demo's adapters on one backbone. :meth:`predict` may be called from many threads at once.
-
-    ``MultiAdapterClassifier`` swaps the active adapter and head during a call, so the model calls are serialised
-    with a lock; decoding and preprocessing run outside it.
-    """
+    """The demo's adapters on one backbone. :meth:`predict` may be called from many threads at once: the
+    ``MultiAdapterClassifier`` underneath is thread-safe, so concurrent requests share the backbone without a lock."""
 
     def __init__(self, sources: Sequence[str | os.PathLike], *, base_model: str | None = None) -> None:
         if not sources:
@@ -138,7 +134,6 @@ class DemoModels:
         self.classifier = MultiAdapterClassifier(base)
         for name, folder in self.folders.items():
             self.classifier.add_adapter(name, folder)
-        self._lock = threading.Lock()
 
     @staticmethod
     def _base_of(folder: Path) -> tuple[str, int]:
@@ -164,8 +159,7 @@ class DemoModels:
             raise KeyError(f"Unknown model {name!r}; loaded: {', '.join(self.names)}.")
         pils = [i.image if isinstance(i, DemoImage) else i for i in images]
         pixel_values = self.classifier.processors[name](pils, return_tensors="pt")["pixel_values"]
-        with self._lock:
-            logits = self.classifier(pixel_values, adapter=name)
+        logits = self.classifier(pixel_values, adapter=name)
         probs = logits.float().softmax(-1)
         scores, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         labels = self.labels(name)

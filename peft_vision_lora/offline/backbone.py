@@ -362,7 +362,7 @@ def write_vit_checkpoint(state: Mapping[str, torch.Tensor], out_dir: str | os.Pa
 
 
 def _write_image_processor(out_dir: Path) -> None:
-    from ..architectures import BICUBIC, IMAGENET_MEAN, IMAGENET_STD
+    from ..preprocessing import BICUBIC, IMAGENET_MEAN, IMAGENET_STD
     from ..processing import ShortSideCropProcessor
 
     size = VIT_S14["image_size"]

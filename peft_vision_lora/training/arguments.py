@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser, SchedulerType
 
-from ..architectures import DEFAULT_PRESET, NORMALIZATIONS, PRESETS
+from ..architectures import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_PRESET, DEFAULT_R, PRESETS
+from ..data.augment import Augmentation
+from ..preprocessing import NORMALIZATIONS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
@@ -53,9 +55,11 @@ class ModelArguments:
             "help": "Projections that get LoRA: " + ", ".join(f"{k} ({'/'.join(v)})" for k, v in PRESETS.items())
         },
     )
-    r: int = field(default=8, metadata={"help": "LoRA rank.", "aliases": ["--lora_length"]})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input."})
+    r: int = field(default=DEFAULT_R, metadata={"help": "LoRA rank.", "aliases": ["--lora_length"]})
+    lora_alpha: int = field(
+        default=DEFAULT_LORA_ALPHA, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."}
+    )
+    lora_dropout: float = field(default=DEFAULT_LORA_DROPOUT, metadata={"help": "Dropout on the LoRA branch input."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
     lora_layers: int | None = field(
         default=None,
@@ -87,7 +91,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(Augmentation):
     """What to train on and how images are prepared."""
 
     dataset: str | None = field(
@@ -147,21 +151,11 @@ class DataArguments:
         default="skip",
         metadata={"help": "Unreadable images: skip them (listed in a warning), error on the first, or keep (no scan)."},
     )
-    min_crop_scale: float = field(
-        default=0.35,
-        metadata={
-            "help": "Random resized crop: smallest crop area, as a fraction of the image. 0.35 rather than "
-            "ImageNet's 0.08: a short fine-tuning run on small or low-resolution images learns less from tiny crops."
-        },
-    )
-    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip (0 for text, digits, ...)."})
-    auto_augment: Literal["rand", "trivial"] | None = field(
-        default=None, metadata={"help": "Extra augmentation policy: rand (RandAugment) or trivial (TrivialAugment)."}
-    )
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha); 0 disables Mixup."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha); 0 disables CutMix."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"--val_fraction must be in (0, 1), got {self.val_fraction}.")
         _positive("shots", self.shots)
@@ -171,26 +165,12 @@ class DataArguments:
         self.resolution_schedule = [int(size) for size in self.resolution_schedule]
         if any(size <= 0 for size in self.resolution_schedule):
             raise ValueError(f"--resolution_schedule sizes must be positive, got {self.resolution_schedule}.")
-        if self.resolution_schedule and self.image_size and self.resolution_schedule[-1] != self.image_size:
-            raise ValueError(
-                f"--resolution_schedule must end at the target size --image_size {self.image_size}, got "
-                f"{self.resolution_schedule}."
-            )
-        if not 0 < self.min_crop_scale <= 1:
-            raise ValueError(f"--min_crop_scale must be in (0, 1], got {self.min_crop_scale}.")
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"--hflip is a probability, got {self.hflip}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("--mixup_alpha and --cutmix_alpha must be >= 0.")
 
     def transform_options(self, seed: int) -> dict[str, Any]:
         """Training augmentation, as ``ImageTransforms`` options."""
-        return {
-            "scale": (self.min_crop_scale, 1.0),
-            "hflip": self.hflip,
-            "auto_augment": self.auto_augment,
-            "seed": seed,
-        }
+        return {**self.augmentation(), "seed": seed}
 
 
 @dataclass

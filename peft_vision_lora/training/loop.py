@@ -231,10 +231,10 @@ class Trainer:
         self.model = build_training_model(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
         self.target_size = native_image_size(self.model)
         schedule = self.data_args.resolution_schedule
-        if schedule and schedule[-1] != self.target_size:
+        if schedule and schedule[-1] != self.target_size:  # checked here: only the model knows its own size
+            source = "--image_size" if self.data_args.image_size else "the checkpoint's; --image_size changes it"
             raise ValueError(
-                f"--resolution_schedule must end at the target size {self.target_size} (--image_size, else the "
-                f"checkpoint's), got {schedule}."
+                f"--resolution_schedule must end at the target size {self.target_size} ({source}), got {schedule}."
             )
         if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)

@@ -14,7 +14,6 @@ from PIL import Image
 from synthetic_layouts import FLOWERS12, SHARED, write_jpeg
 from transformers import CLIPImageProcessorPil, ViTImageProcessorPil
 
-from peft_vision_lora.architectures import IMAGENET_MEAN, IMAGENET_STD
 from peft_vision_lora.data import (
     ImageTransforms,
     MixupCutmix,
@@ -23,6 +22,7 @@ from peft_vision_lora.data import (
     normalize_on_device,
     random_resized_crop_box,
 )
+from peft_vision_lora.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SIZES = [(500, 375), (375, 500), (333, 251), (511, 383), (301, 457), (640, 480), (224, 224), (97, 61), (7, 5)]
 MODEL = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
@@ -223,7 +223,7 @@ def test_reduced_decoding_is_used_for_training_only_and_stays_close(tmp_path):
     path = str(write_jpeg(tmp_path / "large.jpg", 1200, 896))  # whole 8x8 blocks: the 1/8 grid fits the crop
     pre = Preprocessing(size=(112, 112))
     batch = {"image": [{"path": path, "bytes": None}], "index": [0]}
-    whole = {"scale": (1.0, 1.0), "ratio": (0.5, 2.0), "hflip": 0.0}  # the crop is the whole image
+    whole = {"min_crop_scale": 1.0, "ratio": (0.5, 2.0), "hflip": 0.0}  # the crop is the whole image
     fast = ImageTransforms(pre, train=True, options=_opts(**whole))(batch)["pixel_values"]
     exact = ImageTransforms(pre, train=True, options=_opts(**whole, reduced_decode=False))(batch)
     assert not torch.equal(fast, exact["pixel_values"])
@@ -259,8 +259,10 @@ def test_decoding_failures_in_the_transform_never_crash(tmp_path, caplog):
 def test_option_errors_name_the_option():
     with pytest.raises(TypeError, match=r"Unknown transform option\(s\) \['flip'\]"):
         ImageTransforms.from_processor(ViTImageProcessorPil(), flip=0.5)
-    with pytest.raises(ValueError, match="scale"):
-        _opts(scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="--min_crop_scale"):
+        _opts(min_crop_scale=0.0)
+    with pytest.raises(ValueError, match="--magnitude"):
+        _opts(magnitude=31)
     with pytest.raises(ValueError, match="auto_augment"):
         _opts(auto_augment="auto")
     with pytest.raises(ValueError, match="crop_pct"):

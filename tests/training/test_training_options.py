@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 import yaml
 
+from peft_vision_lora.data import TransformOptions
+from peft_vision_lora.data.augment import Augmentation
 from peft_vision_lora.training import DataArguments, ModelArguments, TrainingArguments, parse_args, to_command
 
 
@@ -113,3 +116,17 @@ def test_invalid_options_name_the_flag(make, flag):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         parse_args([str(tmp_path / "nope.yaml")])
+
+
+def test_augmentation_flags_are_the_transform_options():
+    """The augmentation fields are declared once: every flag reaches ImageTransforms unchanged, defaults included."""
+    _, data, _ = parse_args(
+        ["--dataset", "d", "--output_dir", "o", "--min_crop_scale", "0.5", "--auto_augment", "rand"]
+    )
+    options = TransformOptions(**data.transform_options(seed=3))
+    for field in fields(Augmentation):
+        assert getattr(options, field.name) == getattr(data, field.name)
+    assert (options.min_crop_scale, options.auto_augment, options.seed) == (0.5, "rand", 3)
+    assert TransformOptions().min_crop_scale == DataArguments().min_crop_scale
+    with pytest.raises(ValueError, match="--magnitude"):
+        parse_args(["--dataset", "d", "--output_dir", "o", "--magnitude", "40"])

@@ -93,9 +93,9 @@ def test_linear_probe_head_init_starts_from_a_fitted_head(tiny_vit, tiny_data, t
 def test_resolution_schedule_must_end_at_the_target_size(tiny_vit, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="--resolution_schedule must end at the target size 32"):
         run(tiny_vit, tiny_data, tmp_path / "a", "--resolution_schedule", "16", "24")
-    with pytest.raises(ValueError, match="--resolution_schedule must end at the target size --image_size 48"):
-        parse_args(["--output_dir", "x", "--image_size", "48", "--resolution_schedule", "16", "32"])
-    assert not (tmp_path / "a").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=r"must end at the target size 48 \(--image_size\), got \[16, 32\]"):
+        run(tiny_vit, tiny_data, tmp_path / "b", "--image_size", "48", "--resolution_schedule", "16", "32")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
 
 
 def test_lora_layers_beyond_the_model_is_refused_at_start(tiny_vit, tiny_data, tmp_path):
