@@ -1,7 +1,7 @@
 """How far the frozen features go: the linear probe that LP-FT starts from, per dataset and input size.
 
 LoRA fine-tuning builds on what the backbone already separates. This benchmark measures that starting point with the
-package's own code: the eval transform, the head's input captured by ``extract_features`` (ViT: the final-layernormed
+package's own code: the eval transform, the head's input captured by ``backbone_features`` (ViT: the final-layernormed
 CLS token) and ``fit_linear_head`` (the L2-regularised L-BFGS fit behind ``--head_init linear_probe``). The L2 penalty
 is chosen on a validation fifth carved from train (stratified); the chosen penalty is then refitted on all of train
 and reported on test, next to the penalty LP-FT uses (``fit_linear_head``'s default).
@@ -43,9 +43,9 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     from peft_vision_lora.data import ImageTransforms, load_image_dataset
     from peft_vision_lora.processing import load_image_processor
     from peft_vision_lora.training import ModelArguments
-    from peft_vision_lora.training.data import class_names, eval_dataloader
-    from peft_vision_lora.training.features import FeatureDataset, extract_features, fit_linear_head
-    from peft_vision_lora.training.model import build_training_model, forward_kwargs, head_module
+    from peft_vision_lora.training.data import class_names
+    from peft_vision_lora.training.features import FeatureDataset, backbone_features, fit_linear_head
+    from peft_vision_lora.training.model import build_training_model, forward_kwargs
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -57,8 +57,9 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     eval_tf = ImageTransforms.from_processor(load_image_processor(config["model_path"], image_size=size), train=False)
     started, features = time.perf_counter(), {}
     for split in ("train", "validation", "test"):
-        loader = eval_dataloader(data[split], eval_tf, global_batch_size=64)
-        features[split] = extract_features(model, head_module(model), loader, accelerator, forward_kwargs(model, size))
+        features[split] = backbone_features(
+            model, data[split], eval_tf, accelerator, batch_size=64, forward_kwargs=forward_kwargs(model, size)
+        )
     images = sum(len(f) for f in features.values())
     seconds_per_1k = (time.perf_counter() - started) / images * 1000
     whole_train = FeatureDataset(

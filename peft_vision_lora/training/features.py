@@ -11,6 +11,9 @@ features. Cached training features therefore use the *eval* transform (no random
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .data import TrainData, seeded_train_loader
+from ..data import ImageTransforms
+from .data import TrainData, eval_dataloader, seeded_train_loader
+from .model import head_module
 
 FEATURES_KEY = "features"
 
@@ -88,6 +93,77 @@ def extract_features(
         hook.remove()
         model.train(was_training)
     return FeatureDataset(torch.cat(features), torch.cat(labels))
+
+
+def backbone_features(
+    model: nn.Module,
+    dataset: Any,
+    transforms: ImageTransforms,
+    accelerator: Accelerator,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    forward_kwargs: dict[str, Any] | None = None,
+) -> FeatureDataset:
+    """What the head of ``model`` receives for every image of ``dataset`` (``transforms``: the eval transform),
+    computed with ``batch_size`` images per process and gathered on every process."""
+    images = accelerator.prepare(
+        eval_dataloader(
+            dataset,
+            transforms,
+            global_batch_size=batch_size * accelerator.num_processes,
+            num_workers=num_workers,
+        )
+    )
+    model = accelerator.unwrap_model(model)
+    return extract_features(model, head_module(model), images, accelerator, forward_kwargs)
+
+
+@dataclass
+class FeatureCache:
+    """A linear probe's data: loaders of cached features in place of image loaders, and the head to train on them."""
+
+    train: TrainData
+    eval_loaders: dict[str, DataLoader]
+    step_model: FeatureClassifier
+    seconds: float  # spent computing the features
+
+
+def cache_features(
+    model: nn.Module,
+    splits: Mapping[str, Any],
+    transforms: ImageTransforms,
+    accelerator: Accelerator,
+    *,
+    train_batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    forward_kwargs: dict[str, Any] | None = None,
+) -> FeatureCache:
+    """Run the frozen backbone once over each split (``"train"`` and the eval splits) and return loaders of its
+    features: the training loader keeps the image loader's order and batch count (``train_batch_size``: global)."""
+    started = time.perf_counter()
+    model.to(accelerator.device)
+    features = {
+        split: backbone_features(
+            model,
+            dataset,
+            transforms,
+            accelerator,
+            batch_size=eval_batch_size,
+            num_workers=num_workers,
+            forward_kwargs=forward_kwargs,
+        )
+        for split, dataset in splits.items()
+    }
+    train = feature_train_data(features.pop("train"), global_batch_size=train_batch_size, seed=seed)
+    loaders = {
+        split: feature_eval_loader(ds, global_batch_size=eval_batch_size * accelerator.num_processes)
+        for split, ds in features.items()
+    }
+    head = head_module(accelerator.unwrap_model(model))
+    return FeatureCache(train, loaders, FeatureClassifier(head), time.perf_counter() - started)
 
 
 def feature_train_data(dataset: FeatureDataset, *, global_batch_size: int, seed: int) -> TrainData:

@@ -46,15 +46,7 @@ from .checkpointing import (
 from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
 from .ema import EMA
 from .evaluation import evaluate_model, model_inputs
-from .features import (
-    FeatureClassifier,
-    FeatureDataset,
-    extract_features,
-    feature_eval_loader,
-    feature_train_data,
-    fit_linear_head,
-    trainable_linear,
-)
+from .features import FeatureDataset, backbone_features, cache_features, fit_linear_head, trainable_linear
 from .hub import push_to_hub
 from .launch import check_launch
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
@@ -324,39 +316,38 @@ class Trainer:
 
     def _backbone_features(self, dataset: Dataset) -> FeatureDataset:
         """What the head receives for every image of ``dataset`` (eval transform), gathered on every process."""
-        args, accelerator = self.args, self.accelerator
-        images = accelerator.prepare(
-            eval_dataloader(
-                dataset,
-                self.eval_tf,
-                global_batch_size=args.per_device_eval_batch_size * accelerator.num_processes,
-                num_workers=args.dataloader_num_workers,
-            )
+        return backbone_features(
+            self.model,
+            dataset,
+            self.eval_tf,
+            self.accelerator,
+            batch_size=self.args.per_device_eval_batch_size,
+            num_workers=self.args.dataloader_num_workers,
+            forward_kwargs=self.forward_kwargs,
         )
-        model = accelerator.unwrap_model(self.model)
-        return extract_features(model, head_module(model), images, accelerator, self.forward_kwargs)
 
     def _cache_features(self) -> None:
         """Replace the image loaders by loaders of backbone features, computed once per split (eval transform)."""
-        args, accelerator, started = self.args, self.accelerator, time.perf_counter()
-        batch_size = args.per_device_eval_batch_size * accelerator.num_processes
-        head = head_module(self.model)
-        self.model.to(accelerator.device)
+        args = self.args
         splits = {"train": self.data["train"], **{split: self.data[split] for split in self.eval_loaders}}
-        cached = {split: self._backbone_features(dataset) for split, dataset in splits.items()}
-        self.train_data = feature_train_data(
-            cached.pop("train"), global_batch_size=self.train_data.loader.batch_size, seed=args.seed
+        cache = cache_features(
+            self.model,
+            splits,
+            self.eval_tf,
+            self.accelerator,
+            train_batch_size=self.train_data.loader.batch_size,
+            eval_batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+            num_workers=args.dataloader_num_workers,
+            forward_kwargs=self.forward_kwargs,
         )
-        self.eval_loaders = {
-            split: feature_eval_loader(ds, global_batch_size=batch_size) for split, ds in cached.items()
-        }
-        self.step_model, self.forward_kwargs = FeatureClassifier(head), {}
-        self.features_runtime = time.perf_counter() - started
+        self.train_data, self.eval_loaders, self.step_model = cache.train, cache.eval_loaders, cache.step_model
+        self.forward_kwargs, self.features_runtime = {}, cache.seconds
         logger.info(
             "Linear probe on cached features: %d-dim features of %s computed in %.1fs.",
-            self.train_data.loader.dataset.features.shape[-1],
+            cache.train.loader.dataset.features.shape[-1],
             ", ".join(splits),
-            self.features_runtime,
+            cache.seconds,
             main_process_only=True,
         )
 
