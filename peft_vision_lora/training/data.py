@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
 from ..data import ImageTransforms, MixupCutmix
+from ..data.streaming import StreamSource
 from .sampler import EpochShuffleSampler
+
+
+@dataclass
+class RunData:
+    """The data of one run, loaded and checked: what the trainer evaluates on, its classes and where it came from."""
+
+    splits: DatasetDict  # train and the evaluation splits; for a stream, the evaluation splits only
+    labels: list[str]
+    source_name: str  # in logs and metrics
+    dataset_id: str | None  # a Hub dataset or path to name in the model card; None for in-memory data and shards
+    stream: StreamSource | None = None  # iterable training data (shards, --streaming), read per process
+
+    @property
+    def num_train(self) -> int | None:
+        """Training images, where known."""
+        return self.stream.num_samples if self.stream is not None else len(self.splits["train"])
 
 
 def class_names(data: DatasetDict, source: str) -> list[str]:
@@ -43,6 +61,17 @@ def class_names(data: DatasetDict, source: str) -> list[str]:
     return names
 
 
+def choose_eval_splits(splits: DatasetDict, eval_strategy: str) -> tuple[str | None, str | None]:
+    """The split evaluated during training and the test split evaluated at the end (when it is not that one).
+
+    A validation split evaluates during training and selects the best weights; without one the test split is only
+    watched, never used to select (that would leak it into the reported result).
+    """
+    found = [s for s in ("validation", "test") if s in splits]
+    eval_split = found[0] if found and eval_strategy != "no" else None
+    return eval_split, "test" if "test" in splits and eval_split != "test" else None
+
+
 def check_same_classes(dataset_labels: Sequence[str], checkpoint_labels: Sequence[str], checkpoint: Any) -> None:
     """A resumed run must train the head it was saving: the same classes, in the same order."""
     if list(dataset_labels) == list(checkpoint_labels):
@@ -61,17 +90,47 @@ def check_same_classes(dataset_labels: Sequence[str], checkpoint_labels: Sequenc
 
 @dataclass
 class TrainData:
-    """The training dataloader and everything whose epoch must be set before iterating it."""
+    """Training batches of a map-style dataset: global batches in a seeded order per epoch, which Accelerate splits
+    across processes. Its position is the epoch and batch the trainer's state holds, so it keeps no state of its own.
+
+    :class:`~peft_vision_lora.training.streams.StreamTrainData` has the same methods for iterable data.
+    """
 
     loader: DataLoader
     sampler: EpochShuffleSampler
     transforms: ImageTransforms | None  # None: batches of cached features
     mixup: MixupCutmix | None
 
-    def set_epoch(self, epoch: int) -> None:
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        self.loader = accelerator.prepare(self.loader)
+
+    def epoch(self, epoch: int, skip: int, accelerator: Accelerator) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of ``epoch`` after its first ``skip`` (a run resumed mid-epoch: the same order, minus what was
+        already trained on)."""
         for part in (self.sampler, self.transforms, self.mixup):
             if part is not None:
                 part.set_epoch(epoch)
+        self.loader.set_epoch(epoch)  # prepared by Accelerate, whose loader counts its own epochs
+        return iter(accelerator.skip_first_batches(self.loader, skip) if skip else self.loader)
+
+    def set_size(self, size: int) -> None:
+        """Progressive resolution: train at ``size`` from the next batch on (images only)."""
+        if self.transforms is not None:
+            self.transforms.set_size(size)
+
+    def gather_state(self) -> None:
+        """Nothing beyond the trainer's epoch and batch count (see the stream's)."""
+        return None
+
+    def load_state(self, saved: list[dict[str, Any]] | None, accelerator: Accelerator, checkpoint: Any) -> None:
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {}
 
 
 def seeded_train_loader(

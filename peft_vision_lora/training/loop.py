@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import ImageTransforms, MixupCutmix, load_image_dataset
@@ -43,17 +44,31 @@ from .checkpointing import (
     save_best,
     save_checkpoint,
 )
-from .data import check_same_classes, class_names, eval_dataloader, train_dataloader
+from .data import (
+    RunData,
+    TrainData,
+    check_same_classes,
+    choose_eval_splits,
+    class_names,
+    eval_dataloader,
+    train_dataloader,
+)
 from .ema import EMA
 from .evaluation import evaluate_model, model_inputs
-from .features import FeatureDataset, backbone_features, cache_features, fit_linear_head, trainable_linear
+from .features import FeatureCache, backbone_features, cache_features, fit_linear_head, trainable_linear
 from .hub import push_to_hub
 from .launch import check_launch
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
-from .optim import build_optimizer, build_scheduler, warmup_steps
+from .optim import build_optimizer, build_scheduler, plan_steps, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
 from .precision import launch_device, resolve_mixed_precision
-from .streams import StreamTrainData, open_stream_source, stream_prefix_features, stream_train_data
+from .streams import (
+    StreamTrainData,
+    check_stream_options,
+    open_stream_source,
+    stream_prefix_features,
+    stream_train_data,
+)
 
 logger = get_logger(__name__)
 
@@ -92,7 +107,10 @@ def train(
 
 
 class Trainer:
-    """One run: everything is built (and checked) in the constructor, :meth:`train` does the rest."""
+    """One run: everything is built (and checked) in the constructor, :meth:`train` does the rest.
+
+    Each ``_setup_*`` method returns what it builds; the constructor shows the order in which they run.
+    """
 
     def __init__(
         self,
@@ -106,59 +124,51 @@ class Trainer:
         self.model_args, self.data_args, self.args = model_args, data_args, training_args
         self.output_dir = Path(training_args.output_dir)
         self.command = command or to_command(model_args, data_args, training_args)
-        self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(training_args, launch_device()),
-            gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-            # The dataloader yields global batches and each process takes its slice: every step sees the same
-            # samples for any number of processes, and so the result is the same (up to float reduction order).
-            dataloader_config=DataLoaderConfiguration(split_batches=True),
-            log_with=None if training_args.report_to == "none" else training_args.report_to,
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")
-            ),
-        )
-        check_launch(self.accelerator.num_processes)
+        self.accelerator = accelerator = self._setup_accelerator()
+        check_launch(accelerator.num_processes)
         set_seed(training_args.seed)
-        self._load_data(dataset)
-        self._build_model()
+        self.data = self._setup_data(dataset)
+        self.base, self.model, self.processor = self._setup_model()
+        self.target_size = native_image_size(self.model)
         # Everything that can be refused is checked before the output folder is touched.
-        self.resume = (
-            resolve_checkpoint(self.output_dir, training_args.resume_from_checkpoint)
-            if training_args.resume_from_checkpoint
-            else None
-        )
-        if self.resume is not None:
-            check_same_classes(self.labels, TrainerState.load(self.resume).labels, self.resume)
+        self.resume = self._setup_resume()
         prepare_output_dir(
-            self.accelerator,
-            self.output_dir,
-            resuming=self.resume is not None,
-            overwrite=training_args.overwrite_output_dir,
+            accelerator, self.output_dir, resuming=self.resume is not None, overwrite=training_args.overwrite_output_dir
         )
-        self._build_dataloaders()
-        self._build_optimization()
+        train_tf = ImageTransforms.from_processor(self.processor, train=True, **data_args.transform_options(self.seed))
+        self.eval_tf = ImageTransforms.from_processor(self.processor, train=False)
+        self.forward_kwargs = forward_kwargs(self.model, train_tf.size[0])
+        self.mixup = self._setup_mixup()
+        self.train_data = self._setup_train_data(train_tf)
+        self.eval_split, self.test_split = choose_eval_splits(self.data.splits, training_args.eval_strategy)
+        self.eval_loaders = self._setup_eval_loaders()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
         # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
-        # A stream is read per process (streams.py): Accelerate prepares the map-style training loader only.
-        train_loaders = [] if self.stream is not None else [self.train_data.loader]
-        self.step_model, self.optimizer, *loaders = self.accelerator.prepare(
-            self.step_model, self.optimizer, *train_loaders, *self.eval_loaders.values()
+        self.step_model, self.features_runtime = self.model, 0.0
+        self.cached = self._use_feature_cache()
+        if self.cached:
+            cache = self._setup_feature_cache()
+            self.train_data, self.eval_loaders, self.step_model = cache.train, cache.eval_loaders, cache.step_model
+            self.forward_kwargs, self.features_runtime = {}, cache.seconds
+        self.train_forward_kwargs = self.forward_kwargs  # progressive resolution changes it per stage
+        self.plan = plan_steps(
+            self.train_data.batches_per_epoch,
+            gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+            num_train_epochs=training_args.num_train_epochs,
+            max_steps=training_args.max_steps,
+            min_steps=training_args.min_steps,
         )
-        if self.stream is None:
-            self.train_loader, *loaders = loaders
+        self.optimizer, self.scheduler = self._setup_optimization()
+        self.step_model, self.optimizer, *loaders = accelerator.prepare(
+            self.step_model, self.optimizer, *self.eval_loaders.values()
+        )
+        self.eval_loaders = dict(zip(self.eval_loaders, loaders))
+        self.train_data.prepare(accelerator)
         if not self.cached:
             self.model = self.step_model
-        self.eval_loaders = dict(zip(self.eval_loaders, loaders))
-        self.state = TrainerState(labels=self.labels, batches_per_epoch=self.batches_per_epoch)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        self.ema = EMA(unwrapped, training_args.ema_decay) if training_args.ema_decay > 0 else None
-        self.token_dropout = (
-            TokenDropout(
-                unwrapped, training_args.token_keep, seed=training_args.seed, min_tokens=training_args.token_keep_min
-            )
-            if training_args.token_keep < 1 and model_args.method != "linear"
-            else None
-        )
+        self.state = TrainerState(labels=self.data.labels, batches_per_epoch=self.plan.batches_per_epoch)
+        self.ema = self._setup_ema()
+        self.token_dropout = self._setup_token_dropout()
         self.data_wait_s = 0.0  # time the training loop waited for its next batch
         self.eval_s = self.last_eval_s = 0.0  # time spent evaluating, which training_seconds leaves out
         self.started: float | None = None
@@ -168,135 +178,139 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------ setup
 
-    def _load_data(self, dataset: Dataset | DatasetDict | None) -> None:
-        source = dataset if dataset is not None else self.data_args.dataset
+    @property
+    def seed(self) -> int:
+        return self.args.seed
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step, over all processes."""
+        args = self.args
+        return args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+
+    def _setup_accelerator(self) -> Accelerator:
+        args = self.args
+        return Accelerator(
+            mixed_precision=resolve_mixed_precision(args, launch_device()),
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            # The dataloader yields global batches and each process takes its slice: every step sees the same
+            # samples for any number of processes, and so the result is the same (up to float reduction order).
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")
+            ),
+        )
+
+    def _setup_data(self, dataset: Dataset | DatasetDict | None) -> RunData:
+        data_args = self.data_args
+        source = dataset if dataset is not None else data_args.dataset
         if source is None:
             raise ValueError("No training data: pass --dataset (a folder, a file or a Hub dataset id).")
         # Named in the model card and metrics; an in-memory dataset has no name to record.
-        self.dataset_id = self.data_args.dataset if dataset is None else None
-        self.source_name = self.dataset_id or f"in-memory {type(dataset).__name__}"
-        self.stream_source = open_stream_source(self.data_args) if dataset is None else None
-        if self.stream_source is not None:
-            self._check_stream_options()
-            if not self.data_args.streaming:
-                self.dataset_id = None  # a shard pattern is no Hub dataset to name in the card
-            self.data, self.labels = self.stream_source.eval_data, self.stream_source.names
-            return
-        self.data = load_image_dataset(
+        dataset_id = data_args.dataset if dataset is None else None
+        source_name = dataset_id or f"in-memory {type(dataset).__name__}"
+        stream = open_stream_source(data_args) if dataset is None else None
+        if stream is not None:
+            check_stream_options(stream, data_args, self.args)
+            card_id = dataset_id if data_args.streaming else None  # a shard pattern is no dataset to name in the card
+            return RunData(stream.eval_data, stream.names, source_name, card_id, stream)
+        splits = load_image_dataset(
             source,
-            format=self.data_args.dataset_format,
-            val_fraction=self.data_args.val_fraction,
-            shots=self.data_args.shots,
-            seed=self.args.seed,
-            on_bad_image=self.data_args.on_bad_image,
+            format=data_args.dataset_format,
+            val_fraction=data_args.val_fraction,
+            shots=data_args.shots,
+            seed=self.seed,
+            on_bad_image=data_args.on_bad_image,
         )
-        self.labels = class_names(self.data, self.source_name)
+        return RunData(splits, class_names(splits, source_name), source_name, dataset_id)
 
-    def _check_stream_options(self) -> None:
-        args, what = self.args, "tar shards" if not self.data_args.streaming else "--streaming"
-        if args.max_steps <= 0:
-            raise ValueError(
-                f"--max_steps N is required with {what}: a stream's length is not known up front, so training is "
-                "step-based."
-            )
-        if self.data_args.resolution_schedule:
-            raise ValueError(f"--resolution_schedule needs epochs of a map-style dataset; it does not apply to {what}.")
-        for kind in ("eval", "save"):
-            if getattr(args, f"{kind}_strategy") == "epoch" and not self.stream_source.num_samples:
-                logger.warning(
-                    "--%s_strategy epoch with %s of unknown length: no epoch ends, so only the end of the run "
-                    "counts; pass --%s_steps N.",
-                    kind,
-                    what,
-                    kind,
-                    main_process_only=True,
-                )
-
-    def _build_model(self) -> None:
+    def _setup_model(self) -> tuple[str, torch.nn.Module, Any]:
+        """The base checkpoint's name, the trainable classifier and its image processor."""
         with self.accelerator.main_process_first():  # the default backbone is converted once, by the first process
             if self.model_args.model:
-                self.base = self.model_args.model
+                base = self.model_args.model
             else:
                 from ..offline.backbone import default_model_path
 
-                self.base = default_model_path()
-        self.model = build_training_model(self.model_args, self.base, self.labels, image_size=self.data_args.image_size)
-        self.target_size = native_image_size(self.model)
-        schedule = self.data_args.resolution_schedule
-        if schedule and schedule[-1] != self.target_size:  # checked here: only the model knows its own size
+                base = default_model_path()
+        model = build_training_model(self.model_args, base, self.data.labels, image_size=self.data_args.image_size)
+        schedule, target = self.data_args.resolution_schedule, native_image_size(model)
+        if schedule and schedule[-1] != target:  # checked here: only the model knows its own size
             source = "--image_size" if self.data_args.image_size else "the checkpoint's; --image_size changes it"
-            raise ValueError(
-                f"--resolution_schedule must end at the target size {self.target_size} ({source}), got {schedule}."
-            )
+            raise ValueError(f"--resolution_schedule must end at the target size {target} ({source}), got {schedule}.")
         if self.args.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
-        self.processor = load_image_processor(
-            self.base, image_size=self.data_args.image_size, normalization=self.model_args.normalization
+            enable_gradient_checkpointing(model)
+        processor = load_image_processor(
+            base, image_size=self.data_args.image_size, normalization=self.model_args.normalization
+        )
+        return base, model, processor
+
+    def _setup_resume(self) -> Path | None:
+        """The checkpoint to continue from (``--resume_from_checkpoint``), checked against this run's classes."""
+        if not self.args.resume_from_checkpoint:
+            return None
+        resume = resolve_checkpoint(self.output_dir, self.args.resume_from_checkpoint)
+        check_same_classes(self.data.labels, TrainerState.load(resume).labels, resume)
+        return resume
+
+    def _setup_mixup(self) -> MixupCutmix | None:
+        data_args = self.data_args
+        if data_args.mixup_alpha <= 0 and data_args.cutmix_alpha <= 0:
+            return None
+        return MixupCutmix(
+            len(self.data.labels),
+            data_args.mixup_alpha,
+            data_args.cutmix_alpha,
+            label_smoothing=self.args.label_smoothing,
+            seed=self.seed,
         )
 
-    def _build_dataloaders(self) -> None:
-        args, n = self.args, self.accelerator.num_processes
-        train_tf = ImageTransforms.from_processor(
-            self.processor, train=True, **self.data_args.transform_options(args.seed)
-        )
-        self.eval_tf = eval_tf = ImageTransforms.from_processor(self.processor, train=False)
-        self.forward_kwargs = forward_kwargs(self.model, train_tf.size[0])
-        self.step_model, self.cached, self.features_runtime = self.model, self._use_feature_cache(), 0.0
-        self.mixup = None
-        if self.data_args.mixup_alpha > 0 or self.data_args.cutmix_alpha > 0:
-            self.mixup = MixupCutmix(
-                len(self.labels),
-                self.data_args.mixup_alpha,
-                self.data_args.cutmix_alpha,
-                label_smoothing=args.label_smoothing,
-                seed=args.seed,
-            )
-        self.stream: StreamTrainData | None = None
-        if self.stream_source is not None:
-            self.stream = stream_train_data(
-                self.stream_source,
-                train_tf,
+    def _setup_train_data(self, transforms: ImageTransforms) -> TrainData | StreamTrainData:
+        args = self.args
+        if self.data.stream is not None:
+            return stream_train_data(
+                self.data.stream,
+                transforms,
                 self.accelerator,
                 batch_size=args.per_device_train_batch_size,
-                seed=args.seed,
+                seed=self.seed,
                 shuffle_buffer=self.data_args.shuffle_buffer,
                 num_workers=args.dataloader_num_workers,
                 on_bad=self.data_args.on_bad_image,
+                gradient_accumulation_steps=args.gradient_accumulation_steps,
                 mixup=self.mixup,
             )
-        else:
-            self.train_data = train_dataloader(
-                self.data,
-                train_tf,
-                global_batch_size=args.per_device_train_batch_size * n,
-                seed=args.seed,
-                num_workers=args.dataloader_num_workers,
-                mixup=self.mixup,
-            )
-        # A validation split evaluates during training and selects the best weights; without one the test split is
-        # only watched, never used to select (that would leak it into the reported result).
-        splits = [s for s in ("validation", "test") if s in self.data]
-        self.eval_split = splits[0] if splits and args.eval_strategy != "no" else None
-        self.test_split = "test" if "test" in self.data and self.eval_split != "test" else None
-        self.eval_loaders = {
+        return train_dataloader(
+            self.data.splits,
+            transforms,
+            global_batch_size=args.per_device_train_batch_size * self.accelerator.num_processes,
+            seed=self.seed,
+            num_workers=args.dataloader_num_workers,
+            mixup=self.mixup,
+        )
+
+    def _setup_eval_loaders(self) -> dict[str, DataLoader]:
+        return {
             split: eval_dataloader(
-                self.data[split],
-                eval_tf,
-                global_batch_size=args.per_device_eval_batch_size * n,
-                num_workers=args.dataloader_num_workers,
+                self.data.splits[split],
+                self.eval_tf,
+                global_batch_size=self.args.per_device_eval_batch_size * self.accelerator.num_processes,
+                num_workers=self.args.dataloader_num_workers,
             )
             for split in (self.eval_split, self.test_split)
             if split
         }
-        if self.cached:
-            self._cache_features()
-        self.train_forward_kwargs = self.forward_kwargs  # progressive resolution changes it per stage
 
     def _use_feature_cache(self) -> bool:
         """Whether this run is a linear probe on cached features (see ``--cache_features``)."""
         if self.model_args.method != "linear" or not self.args.cache_features:
             return False
-        if self.stream_source is not None:
+        if self.data.stream is not None:
             logger.info("Linear probe on a stream: features not cached.", main_process_only=True)
             return False
         data_args = self.data_args
@@ -314,35 +328,20 @@ class Trainer:
             return False
         return True
 
-    def _backbone_features(self, dataset: Dataset) -> FeatureDataset:
-        """What the head receives for every image of ``dataset`` (eval transform), gathered on every process."""
-        return backbone_features(
-            self.model,
-            dataset,
-            self.eval_tf,
-            self.accelerator,
-            batch_size=self.args.per_device_eval_batch_size,
-            num_workers=self.args.dataloader_num_workers,
-            forward_kwargs=self.forward_kwargs,
-        )
-
-    def _cache_features(self) -> None:
-        """Replace the image loaders by loaders of backbone features, computed once per split (eval transform)."""
-        args = self.args
-        splits = {"train": self.data["train"], **{split: self.data[split] for split in self.eval_loaders}}
+    def _setup_feature_cache(self) -> FeatureCache:
+        """Loaders of backbone features in place of the image loaders, computed once per split (eval transform)."""
+        splits = {"train": self.data.splits["train"], **{s: self.data.splits[s] for s in self.eval_loaders}}
         cache = cache_features(
             self.model,
             splits,
             self.eval_tf,
             self.accelerator,
             train_batch_size=self.train_data.loader.batch_size,
-            eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            num_workers=args.dataloader_num_workers,
+            eval_batch_size=self.args.per_device_eval_batch_size,
+            seed=self.seed,
+            num_workers=self.args.dataloader_num_workers,
             forward_kwargs=self.forward_kwargs,
         )
-        self.train_data, self.eval_loaders, self.step_model = cache.train, cache.eval_loaders, cache.step_model
-        self.forward_kwargs, self.features_runtime = {}, cache.seconds
         logger.info(
             "Linear probe on cached features: %d-dim features of %s computed in %.1fs.",
             cache.train.loader.dataset.features.shape[-1],
@@ -350,34 +349,30 @@ class Trainer:
             cache.seconds,
             main_process_only=True,
         )
+        return cache
 
-    def _build_optimization(self) -> None:
-        args = self.args
-        if self.stream is not None:  # nominal epochs, when the stream's length is known; 0: unknown
-            known = self.stream_source.num_samples or 0
-            self.batches_per_epoch = known // self.global_batch_size * args.gradient_accumulation_steps
-        else:
-            self.batches_per_epoch = len(self.train_data.loader)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
-        epochs_steps = math.ceil(args.num_train_epochs * self.steps_per_epoch)
-        self.total_steps = args.max_steps if args.max_steps > 0 else max(epochs_steps, args.min_steps)
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
-        self.optimizer = build_optimizer(
+    def _setup_optimization(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        args, total = self.args, self.plan.total_steps
+        optimizer = build_optimizer(
             self.model,
             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[self.model_args.method],
             weight_decay=args.weight_decay,
             head_lr=args.head_lr,
         )
-        warmup = warmup_steps(self.total_steps, warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps)
-        self.scheduler = build_scheduler(
-            self.optimizer, args.lr_scheduler_type, total_steps=self.total_steps, num_warmup_steps=warmup
-        )
+        warmup = warmup_steps(total, warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps)
+        return optimizer, build_scheduler(optimizer, args.lr_scheduler_type, total_steps=total, num_warmup_steps=warmup)
 
-    @property
-    def global_batch_size(self) -> int:
-        """Images per optimizer step, over all processes."""
+    def _setup_ema(self) -> EMA | None:
+        if self.args.ema_decay <= 0:
+            return None
+        return EMA(self.accelerator.unwrap_model(self.model), self.args.ema_decay)
+
+    def _setup_token_dropout(self) -> TokenDropout | None:
         args = self.args
-        return args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+        if args.token_keep >= 1 or self.model_args.method == "linear":
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        return TokenDropout(model, args.token_keep, seed=self.seed, min_tokens=args.token_keep_min)
 
     # ------------------------------------------------------------------------------------------------------- run
 
@@ -391,19 +386,12 @@ class Trainer:
                 scheduler=self.scheduler,
                 ema=self.ema,
             )
-            if self.state.batches_per_epoch != self.batches_per_epoch:
+            if self.state.batches_per_epoch != self.plan.batches_per_epoch:
                 raise ValueError(
                     f"{self.resume} was written with {self.state.batches_per_epoch} batches per epoch, this run has "
-                    f"{self.batches_per_epoch}: resume with the same data and global batch size."
+                    f"{self.plan.batches_per_epoch}: resume with the same data and global batch size."
                 )
-            if self.stream is not None:
-                saved = self.state.data_state or []
-                if len(saved) != self.accelerator.num_processes:
-                    raise ValueError(
-                        f"{self.resume} holds the stream positions of {len(saved)} process(es), this run has "
-                        f"{self.accelerator.num_processes}: resume with the same number of processes."
-                    )
-                self.stream.load_state_dict(saved[self.accelerator.process_index], self.resume)
+            self.train_data.load_state(self.state.data_state, self.accelerator, self.resume)
         self._start_logging()
         self.started = started = time.perf_counter()
         if self.resume is None and self.args.head_init == "linear_probe" and self.model_args.method != "linear":
@@ -433,18 +421,10 @@ class Trainer:
         )
         self._loss_sum, self._loss_count = torch.zeros((), device=accelerator.device), 0
         self.step_model.train()
-        stream = iter(self.stream) if self.stream is not None else None  # endless; positioned by the checkpoint
         while state.global_step < self.total_steps:
-            if stream is not None:
-                batches = stream
-            else:
-                self.train_data.set_epoch(state.epoch)
-                self.train_loader.set_epoch(state.epoch)
-                self._set_resolution(state.epoch)
-                loader = self.train_loader
-                if state.batches_in_epoch:  # resuming mid-epoch: the same order, minus what was already trained on
-                    loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
-                batches = iter(loader)
+            self._set_resolution(state.epoch)
+            # One epoch of a map-style dataset (from the checkpoint's batch when resuming); a stream never ends.
+            batches = self.train_data.epoch(state.epoch, state.batches_in_epoch, accelerator)
             while True:
                 waited = time.perf_counter()
                 batch = next(batches, None)
@@ -460,7 +440,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(state.global_step)
                 progress.update(1)
-                epoch_done = state.batches_in_epoch == self.batches_per_epoch
+                epoch_done = state.batches_in_epoch == self.plan.batches_per_epoch
                 if epoch_done:
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_step(grad_norm, epoch_done, progress)
@@ -471,19 +451,19 @@ class Trainer:
     def _set_resolution(self, epoch: int) -> None:
         """Progressive resolution: the train size of ``epoch``'s stage (equal stages of the run's epochs)."""
         schedule = self.data_args.resolution_schedule
-        if not schedule or self.stream is not None or self.train_data.transforms is None:
+        if not schedule or self.cached:
             return
-        size = schedule[min(len(schedule) - 1, epoch * len(schedule) // self.num_epochs)]
-        self.train_data.transforms.set_size(size)
+        size = schedule[min(len(schedule) - 1, epoch * len(schedule) // self.plan.num_epochs)]
+        self.train_data.set_size(size)
         self.train_forward_kwargs = forward_kwargs(self.model, size)
 
     def _linear_probe_init(self) -> None:
         """LP-FT: fit the head on cached features of the training images before any backbone weight moves."""
         started = time.perf_counter()
         head = head_module(self.accelerator.unwrap_model(self.model))
-        if self.stream is not None:  # a prefix of the stream: the whole of it is not known, nor needed
+        if self.data.stream is not None:  # a prefix of the stream: the whole of it is not known, nor needed
             features = stream_prefix_features(
-                self.stream_source,
+                self.data.stream,
                 self.eval_tf,
                 self.accelerator.unwrap_model(self.model),
                 head,
@@ -494,7 +474,15 @@ class Trainer:
                 batch_size=self.args.per_device_eval_batch_size,
             )
         else:
-            features = self._backbone_features(self.data["train"])
+            features = backbone_features(
+                self.model,
+                self.data.splits["train"],
+                self.eval_tf,
+                self.accelerator,
+                batch_size=self.args.per_device_eval_batch_size,
+                num_workers=self.args.dataloader_num_workers,
+                forward_kwargs=self.forward_kwargs,
+            )
         train_accuracy = fit_linear_head(trainable_linear(head), features)
         logger.info(
             "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",
@@ -511,7 +499,7 @@ class Trainer:
             state, rows = self.state, len(batch["labels"])
             first = accelerator.process_index * rows
             self.token_dropout.set_batch(
-                state.epoch * self.batches_per_epoch + state.batches_in_epoch,
+                state.epoch * self.plan.batches_per_epoch + state.batches_in_epoch,
                 slice(first, first + rows),
                 rows * accelerator.num_processes,
             )
@@ -547,8 +535,7 @@ class Trainer:
         if self.eval_split and (_due(args.eval_strategy, args.eval_steps, step, epoch_done) or last):
             self._validate()
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
-            if self.stream is not None:  # every process's position in its own stream
-                self.state.data_state = gather_object([self.stream.state_dict()])
+            self.state.data_state = self.train_data.gather_state()  # a stream's position in every process
             self.last_checkpoint = save_checkpoint(
                 self.accelerator,
                 self.output_dir,
@@ -575,7 +562,8 @@ class Trainer:
     def _record(self, metrics: dict[str, Any]) -> None:
         """Append one entry to the log (train_log.jsonl, trackers, and the state that checkpoints carry)."""
         step = self.state.global_step
-        epoch = round(step / self.steps_per_epoch, 4) if self.steps_per_epoch else None  # unknown stream length
+        per_epoch = self.plan.steps_per_epoch
+        epoch = round(step / per_epoch, 4) if per_epoch else None  # None: a stream of unknown length
         entry = {"step": step, "epoch": epoch, **metrics}
         self.state.log_history.append(entry)
         self.accelerator.log(metrics, step=step)
@@ -594,8 +582,8 @@ class Trainer:
             "Training %s (%s) on %s images of %d classes: %d steps of %d images on %d process(es).",
             self.base,
             self.model_args.method,
-            len(self.data["train"]) if self.stream is None else self.stream_source.num_samples or "a stream of",
-            len(self.labels),
+            self.data.num_train or "a stream of",
+            len(self.data.labels),
             self.total_steps,
             self.global_batch_size,
             self.accelerator.num_processes,
@@ -613,7 +601,7 @@ class Trainer:
     def recipe(self) -> str:
         """The choices this run trains with, in one line (printed at start, where defaults were resolved)."""
         args, model_args, data_args = self.args, self.model_args, self.data_args
-        epochs = self.total_steps / self.steps_per_epoch if self.steps_per_epoch else math.nan
+        epochs = self.plan.epochs
         floor = " (the --min_steps floor)" if args.max_steps <= 0 and self.total_steps == args.min_steps else ""
         parts = [
             model_args.method
@@ -662,7 +650,7 @@ class Trainer:
                 self.step_model,
                 self.eval_loaders[split],
                 self.accelerator,
-                self.labels,
+                self.data.labels,
                 self.forward_kwargs,
                 tta_flip=self.args.tta_flip,
             )
@@ -700,8 +688,8 @@ class Trainer:
         results = {
             "method": self.model_args.method,
             "model": self.base,
-            "dataset": self.source_name,
-            "labels": self.labels,
+            "dataset": self.data.source_name,
+            "labels": self.data.labels,
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "global_train_batch_size": self.global_batch_size,
@@ -715,19 +703,16 @@ class Trainer:
                 "data_wait_fraction": round(self.data_wait_s / runtime, 4) if runtime > 0 else 0.0,
             },
         }
-        if self.stream is not None:
-            skipped = gather_object([sum(self.stream.skipped.values())])
-            results["train"]["stream"] = {
-                "source": self.stream_source.description,
-                "units": len(self.stream_source.units),
-                "skipped_bad_samples": sum(skipped),  # bad samples and shards each reader met (resumes: since then)
-            }
+        if self.data.stream is not None:
+            stream = self.data.stream
+            results["train"]["stream"] = {"source": stream.description, "units": len(stream.units)}
+            results["train"]["stream"].update(self.train_data.summary())
         if self.cached:  # the one backbone pass per split, before training started
             results["train"]["feature_cache_s"] = round(self.features_runtime, 2)
         # "eval" is always the validation split; without one, the split watched during training was the test split.
         if self.eval_split == "validation":
             results["eval"] = self.eval_metrics
-        if "test" in self.data:
+        if "test" in self.data.splits:
             results["test"] = self.eval_metrics if self.eval_split == "test" else self._evaluate("test")
         return results
 
@@ -740,10 +725,10 @@ class Trainer:
             results,
             self.state.log_history,
             command=self.command,
-            dataset=self.dataset_id,
+            dataset=self.data.dataset_id,
         )
         if self.args.push_to_hub:
-            message = f"Train {self.model_args.method} on {self.source_name} with peft_vision_lora"
+            message = f"Train {self.model_args.method} on {self.data.source_name} with peft_vision_lora"
             url = push_to_hub(
                 self.output_dir, self.args.hub_model_id, private=self.args.hub_private, commit_message=message
             )

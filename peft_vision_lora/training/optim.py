@@ -9,6 +9,7 @@ them towards zero has no regularising meaning.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
@@ -80,3 +81,28 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """transformers' schedule ``name`` (``cosine``, ``linear``, ``constant_with_warmup``, ...) over ``total_steps``."""
     return get_scheduler(name, optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=total_steps)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How long a run is in optimizer steps, and how that maps onto epochs of its data."""
+
+    batches_per_epoch: int  # loader batches per epoch; 0: a stream of unknown length
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: int
+
+    @property
+    def epochs(self) -> float:
+        """The run's length in epochs (nan for a stream of unknown length)."""
+        return self.total_steps / self.steps_per_epoch if self.steps_per_epoch else math.nan
+
+
+def plan_steps(
+    batches_per_epoch: int, *, gradient_accumulation_steps: int, num_train_epochs: float, max_steps: int, min_steps: int
+) -> StepPlan:
+    """``max_steps`` if set, else ``num_train_epochs`` of the data with a floor of ``min_steps`` (small datasets)."""
+    steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+    total = max_steps if max_steps > 0 else max(math.ceil(num_train_epochs * steps_per_epoch), min_steps)
+    num_epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else 1
+    return StepPlan(batches_per_epoch, steps_per_epoch, total, num_epochs)

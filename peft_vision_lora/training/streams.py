@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 from datasets import ClassLabel, DatasetDict
 from torch import nn
@@ -25,6 +26,8 @@ from ..data.shards import looks_like_shards
 from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, shard_eval_splits, shard_source
 from ..data.streams import SampleStream, StreamCollate
 from .features import FeatureDataset
+
+logger = get_logger(__name__)
 
 # Images of the stream's first epoch whose features fit the LP-FT head (all of them when the stream is shorter).
 LINEAR_PROBE_SAMPLES = 4096
@@ -52,6 +55,28 @@ def open_stream_source(data_args: Any) -> StreamSource | None:
     return source
 
 
+def check_stream_options(source: StreamSource, data_args: Any, args: Any) -> None:
+    """Options that need a map-style dataset of known length, refused (or warned about) at start."""
+    what = "--streaming" if data_args.streaming else "tar shards"
+    if args.max_steps <= 0:
+        raise ValueError(
+            f"--max_steps N is required with {what}: a stream's length is not known up front, so training is "
+            "step-based."
+        )
+    if data_args.resolution_schedule:
+        raise ValueError(f"--resolution_schedule needs epochs of a map-style dataset; it does not apply to {what}.")
+    for kind in ("eval", "save"):
+        if getattr(args, f"{kind}_strategy") == "epoch" and not source.num_samples:
+            logger.warning(
+                "--%s_strategy epoch with %s of unknown length: no epoch ends, so only the end of the run counts; "
+                "pass --%s_steps N.",
+                kind,
+                what,
+                kind,
+                main_process_only=True,
+            )
+
+
 def eval_splits(spec: str, names: Sequence[str], data_args: Any) -> DatasetDict:
     """``--eval_dataset``: shards (a pattern, its split from the file name, or a shard folder's validation/test
     splits) or anything ``load_image_dataset`` reads (its validation/test splits; a folder without splits is test)."""
@@ -76,13 +101,15 @@ def check_eval_splits(data: DatasetDict, names: Sequence[str], source: str) -> N
 
 @dataclass
 class StreamTrainData:
-    """This process's training batches, endless, and the stream position a checkpoint restores."""
+    """This process's training batches, endless, and the stream position a checkpoint restores: the methods of
+    :class:`~peft_vision_lora.training.data.TrainData`, for iterable data."""
 
     dataset: SampleStream
     loader: DataLoader
     batch_size: int
     num_workers: int
     device: torch.device
+    batches_per_epoch: int  # nominal (the known length over the global batch); 0: length unknown
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
     skipped: dict[int, int] = field(default_factory=dict)
     next_worker: int = 0
@@ -91,7 +118,34 @@ class StreamTrainData:
     def workers(self) -> int:
         return max(self.num_workers, 1)
 
-    def state_dict(self) -> dict[str, Any]:
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Nothing to prepare: each process reads its own shards and batches are moved to its device here."""
+
+    def epoch(self, epoch: int, skip: int, accelerator: Accelerator) -> Iterator[dict[str, torch.Tensor]]:
+        """Every batch from the restored position on: a stream has no epochs to restart, so this never ends."""
+        return iter(self)
+
+    def set_size(self, size: int) -> None:
+        raise ValueError("Progressive resolution needs epochs of a map-style dataset, not a stream.")
+
+    def gather_state(self) -> list[dict[str, Any]]:
+        """Every process's position in its own stream, in process order (all processes must call it)."""
+        return gather_object([self.position()])
+
+    def load_state(self, saved: list[dict[str, Any]] | None, accelerator: Accelerator, checkpoint: Any) -> None:
+        saved = saved or []
+        if len(saved) != accelerator.num_processes:
+            raise ValueError(
+                f"{checkpoint} holds the stream positions of {len(saved)} process(es), this run has "
+                f"{accelerator.num_processes}: resume with the same number of processes."
+            )
+        self.load_position(saved[accelerator.process_index], checkpoint)
+
+    def summary(self) -> dict[str, Any]:
+        """Bad samples and shards every reader met (since the resume, for a resumed run); all processes call it."""
+        return {"skipped_bad_samples": sum(gather_object([sum(self.skipped.values())]))}
+
+    def position(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
@@ -101,7 +155,7 @@ class StreamTrainData:
             "positions": {str(w): list(p) for w, p in sorted(self.positions.items())},
         }
 
-    def load_state_dict(self, state: dict[str, Any], checkpoint: Any) -> None:
+    def load_position(self, state: dict[str, Any], checkpoint: Any) -> None:
         """Continue after the last sample each worker had delivered when ``checkpoint`` was written."""
         mine = {k: state.get(k) for k in ("batch_size", "num_workers", "units", "shuffle_buffer")}
         now = {"batch_size": self.batch_size, "num_workers": self.num_workers, "units": len(self.dataset.units),
@@ -134,6 +188,7 @@ def stream_train_data(
     shuffle_buffer: int,
     num_workers: int,
     on_bad: str,
+    gradient_accumulation_steps: int = 1,
     mixup: MixupCutmix | None = None,
 ) -> StreamTrainData:
     dataset = SampleStream(
@@ -154,7 +209,10 @@ def stream_train_data(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
-    return StreamTrainData(dataset, loader, batch_size, num_workers, accelerator.device)
+    # Nominal epochs (the log, --eval_strategy epoch) when the length is known.
+    global_batch = batch_size * accelerator.num_processes * gradient_accumulation_steps
+    nominal = (source.num_samples or 0) // global_batch * gradient_accumulation_steps
+    return StreamTrainData(dataset, loader, batch_size, num_workers, accelerator.device, nominal)
 
 
 @torch.no_grad()

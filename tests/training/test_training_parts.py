@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from peft_vision_lora.resizing import resize_position_embeddings
 from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
-from peft_vision_lora.training.data import check_same_classes, class_names
+from peft_vision_lora.training.data import check_same_classes, choose_eval_splits, class_names
 from peft_vision_lora.training.evaluation import compute_metrics, load_metric
 from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing
-from peft_vision_lora.training.optim import build_optimizer, build_scheduler, parameter_groups
+from peft_vision_lora.training.optim import StepPlan, build_optimizer, build_scheduler, parameter_groups, plan_steps
 from peft_vision_lora.training.sampler import EpochShuffleSampler
 
 LABELS = ["red", "green", "blue"]
@@ -90,6 +91,32 @@ def test_cosine_schedule_with_warmup(tiny_vit):
         scheduler.step()
     assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert lrs[3:] == sorted(lrs[3:], reverse=True) and lrs[-1] < 0.05
+
+
+def test_run_length_in_steps_and_epochs():
+    def plan(batches, **options):
+        defaults = {"gradient_accumulation_steps": 1, "num_train_epochs": 3, "max_steps": 0, "min_steps": 0}
+        return plan_steps(batches, **{**defaults, **options})
+
+    assert plan(10) == StepPlan(batches_per_epoch=10, steps_per_epoch=10, total_steps=30, num_epochs=3)
+    # Accumulation: 11 batches make 6 optimizer steps (the last one short).
+    accumulated = plan(11, gradient_accumulation_steps=2)
+    assert (accumulated.steps_per_epoch, accumulated.total_steps) == (6, 18)
+    # The floor for small datasets: 100 steps of a 4-batch epoch are 25 epochs.
+    floored = plan(4, min_steps=100)
+    assert (floored.total_steps, floored.num_epochs, floored.epochs) == (100, 25, 25.0)
+    # --max_steps wins over both; a stream of unknown length has no epochs.
+    assert plan(4, max_steps=7, min_steps=100).total_steps == 7
+    stream = plan(0, max_steps=50)
+    assert (stream.total_steps, stream.num_epochs, math.isnan(stream.epochs)) == (50, 1, True)
+
+
+def test_eval_split_selects_and_test_is_only_watched():
+    splits = dict.fromkeys(("train", "validation", "test"))
+    assert choose_eval_splits(splits, "epoch") == ("validation", "test")
+    assert choose_eval_splits({"train": 0, "test": 0}, "steps") == ("test", None)
+    assert choose_eval_splits(splits, "no") == (None, "test")
+    assert choose_eval_splits({"train": 0}, "epoch") == (None, None)
 
 
 def test_data_order_depends_on_seed_and_epoch_only():
