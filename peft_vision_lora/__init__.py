@@ -6,7 +6,14 @@ Importing the package registers the supported families with PEFT (so ``get_peft_
 
 from .architectures import ARCHITECTURES, PRESETS, get_architecture, resolve_target_modules, supported_model_types
 from .configuration import VisionLoraConfig
-from .data import ImageTransforms, MixupCutmix, TransformOptions, load_image_dataset, normalize_on_device
+from .data import (
+    ImageTransforms,
+    MixupCutmix,
+    TransformOptions,
+    load_image_dataset,
+    normalize_on_device,
+    write_shards,
+)
 from .modeling import build_classifier, build_model, load_model, merge_adapter, save_pretrained
 from .multi_adapter import MultiAdapterClassifier
 from .offline import DEFAULT_BACKBONE, default_model_path, ensure_default_backbone, load_fashion_mnist
@@ -71,4 +78,5 @@ __all__ = [
     "resolve_target_modules",
     "save_pretrained",
     "supported_model_types",
+    "write_shards",
 ]
