@@ -65,11 +65,14 @@ def extract_features(
     dataloader: DataLoader,
     accelerator: Accelerator,
     forward_kwargs: dict[str, Any] | None = None,
+    *,
+    gather: bool = True,
 ) -> FeatureDataset:
     """Run ``model`` over ``dataloader`` (in eval mode) and keep what ``head`` receives, with the labels.
 
-    The loader may be sharded by Accelerate: the features of all processes are gathered, in dataset order, so every
-    process holds the whole split.
+    The loader may be sharded by Accelerate: with ``gather`` the features of all processes are gathered batch by
+    batch, in dataset order, so every process holds the whole split. Without it each process keeps its own (a stream,
+    whose processes may read different numbers of batches).
     """
     captured: list[torch.Tensor] = []
 
@@ -85,8 +88,9 @@ def extract_features(
     try:
         for batch in dataloader:
             with accelerator.autocast():
-                model(pixel_values=batch["pixel_values"], **(forward_kwargs or {}))
-            batch_features, batch_labels = accelerator.gather_for_metrics((captured.pop().float(), batch["labels"]))
+                model(pixel_values=batch["pixel_values"].to(accelerator.device), **(forward_kwargs or {}))
+            pair = (captured.pop().float(), batch["labels"].to(accelerator.device))
+            batch_features, batch_labels = accelerator.gather_for_metrics(pair) if gather else pair
             features.append(batch_features.cpu())
             labels.append(batch_labels.cpu())
     finally:

@@ -25,7 +25,7 @@ from ..data import ImageTransforms, MixupCutmix, load_image_dataset
 from ..data.shards import looks_like_shards
 from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, shard_eval_splits, shard_source
 from ..data.streams import SampleStream, StreamCollate
-from .features import FeatureDataset
+from .features import FeatureDataset, extract_features
 
 logger = get_logger(__name__)
 
@@ -236,17 +236,6 @@ def stream_prefix_features(
         world_size=accelerator.num_processes, epochs=1, limit=limit,
     )  # fmt: skip
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=StreamCollate(transforms))
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float().cpu()))
-    was_training, labels = model.training, []
-    model.eval()
-    try:
-        for batch in loader:
-            with accelerator.autocast():
-                model(pixel_values=batch["pixel_values"].to(accelerator.device), **forward_kwargs)
-            labels.append(batch["labels"])
-    finally:
-        hook.remove()
-        model.train(was_training)
-    parts = gather_object([(torch.cat(captured), torch.cat(labels))])
+    mine = extract_features(model, head, loader, accelerator, forward_kwargs, gather=False)
+    parts = gather_object([(mine.features, mine.labels)])
     return FeatureDataset(torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts]))

@@ -149,3 +149,34 @@ def test_streaming_a_parquet_dataset(tiny_vit, tiny_data, tmp_path):
                   "--per_device_train_batch_size", "4", "--dataloader_num_workers", "2")  # fmt: skip
     assert metrics["train"]["stream"]["units"] == 2 and metrics["train"]["stream"]["source"].startswith("streaming")
     assert metrics["eval"]["num_samples"] == 6 and metrics["test"]["num_samples"] == 12
+
+
+def test_linear_probe_features_of_a_stream_are_those_of_its_images(tiny_vit, tiny_data, tiny_shards):
+    """LP-FT on shards fits the head on the stream's prefix: the same features (eval transform) as the folder's."""
+    from accelerate import Accelerator
+
+    from peft_vision_lora.data import ImageTransforms
+    from peft_vision_lora.data.streaming import shard_source
+    from peft_vision_lora.processing import load_image_processor
+    from peft_vision_lora.training import ModelArguments
+    from peft_vision_lora.training.features import backbone_features
+    from peft_vision_lora.training.model import build_training_model, head_module
+    from peft_vision_lora.training.streams import stream_prefix_features
+
+    source = shard_source(str(tiny_shards))
+    model = build_training_model(ModelArguments(model=str(tiny_vit)), str(tiny_vit), source.names)
+    transforms = ImageTransforms.from_processor(load_image_processor(str(tiny_vit)), train=False)
+    accelerator = Accelerator(cpu=True)
+    streamed = stream_prefix_features(source, transforms, model, head_module(model), accelerator, {},
+                                      seed=0, shuffle_buffer=8, batch_size=5)  # fmt: skip
+    folder = load_image_dataset(str(tiny_data))["train"]
+    whole = backbone_features(model, folder, transforms, accelerator, batch_size=7)
+    assert len(streamed) == len(whole) == 24  # the whole stream: shorter than the probe's sample limit
+
+    def rows(features):  # order-free: sorted by label, then by the first feature
+        keys = sorted(range(len(features)), key=lambda i: (int(features.labels[i]), float(features.features[i, 0])))
+        return features.features[keys], features.labels[keys]
+
+    (a, la), (b, lb) = rows(streamed), rows(whole)
+    assert la.tolist() == lb.tolist()
+    assert (a - b).abs().max() < 1e-5
