@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+from training_helpers import accelerate_launcher, adapter_difference, free_port
 
 from peft_vision_lora.training import parse_args, train
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
-    accelerate = shutil.which(
-        "accelerate", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    )
-    assert accelerate, "the accelerate launcher is not installed"
     common = [
         "--model",
         str(tiny_vit),
@@ -46,19 +33,14 @@ def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
         "--disable_tqdm",
     ]
     launch = [
-        accelerate,
-        "launch",
+        *accelerate_launcher(),
         "--multi_gpu",
         "--num_processes",
         "2",
         "--num_machines",
         "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
     ]
     two = tmp_path / "two"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -81,11 +63,6 @@ def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
     assert two_metrics["global_train_batch_size"] == one_metrics["global_train_batch_size"] == 4
     # Every sample is evaluated once, although 2 x 5 does not divide the 6 validation and 12 test images.
     assert two_metrics["eval"]["num_samples"] == 6 and two_metrics["test"]["num_samples"] == 12
-    one, two_weights = (
-        load_file(tmp_path / "one" / "adapter_model.safetensors"),
-        load_file(two / "adapter_model.safetensors"),
-    )
-    assert one.keys() == two_weights.keys()
-    assert max((one[k] - two_weights[k]).abs().max().item() for k in one) <= 1e-5
+    assert adapter_difference(tmp_path / "one", two) <= 1e-5
     assert two_metrics["test"]["loss"] == pytest.approx(one_metrics["test"]["loss"], abs=1e-5)
     assert two_metrics["eval"]["confusion_matrix"] == one_metrics["eval"]["confusion_matrix"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from safetensors.torch import load_file
 
 from peft_vision_lora.testing import TINY_VIT, make_tiny_vit  # noqa: F401  (re-exported for the training tests)
 
@@ -53,3 +54,11 @@ def accelerate_launcher() -> list[str]:
     )
     assert accelerate, "the accelerate launcher is not installed"
     return [accelerate, "launch", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def adapter_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between the saved adapters of two run folders (which must hold the same
+    tensors): how far apart two ways of training the same thing ended."""
+    first, second = (load_file(Path(folder) / "adapter_model.safetensors") for folder in (a, b))
+    assert first.keys() == second.keys(), sorted(first.keys() ^ second.keys())
+    return max((first[k] - second[k]).abs().max().item() for k in first)
