@@ -172,6 +172,12 @@ def exif_orientation(image: PIL.Image.Image) -> int:
     return orientation if orientation in _UPRIGHT else 1
 
 
+def upright(image: PIL.Image.Image, orientation: int | None = None) -> PIL.Image.Image:
+    """``image`` with its EXIF orientation applied (itself when it has none)."""
+    orientation = exif_orientation(image) if orientation is None else orientation
+    return image.transpose(_UPRIGHT[orientation]) if orientation > 1 else image
+
+
 def upright_size(image: PIL.Image.Image, orientation: int | None = None) -> tuple[int, int]:
     """``(width, height)`` of ``image`` once its EXIF orientation is applied."""
     orientation = exif_orientation(image) if orientation is None else orientation
@@ -305,8 +311,7 @@ def decode_resized(
         if reduce:
             stored_size = size if orientation < 5 else (size[1], size[0])
             draft_scale(image, (0, 0, image.width, image.height), stored_size)
-        upright = image.transpose(_UPRIGHT[orientation]) if orientation > 1 else image
-        resized = to_rgb(upright).resize(size, resample)
+        resized = to_rgb(upright(image, orientation)).resize(size, resample)
     except BadImageError:
         raise
     except Exception as exc:  # PIL raises many exception types on corrupt data, decoded lazily here

@@ -21,9 +21,10 @@ import PIL.Image
 from datasets import Dataset, DatasetDict, Image
 
 from ..io import atomic_path, make_folder, write_json, write_text
-from .images import _UPRIGHT, exif_orientation, open_image, to_rgb
+from .images import open_image, to_rgb, upright
 from .loading import load_image_dataset
 from .shards import MANIFEST, compress_range
+from .streams import seeded_order
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,11 @@ def _write_split(
     quality: int,
     seed: int,
 ) -> dict[str, Any]:
-    # Ordering by rng.random (rather than permutation) ties the order to numpy's stable bit stream.
-    order = np.argsort(np.random.default_rng([seed, 2]).random(len(ds)), kind="stable")
+    order = seeded_order(np.random.default_rng([seed, 2]), len(ds))
     labels = ds.with_format("arrow")["label"].to_numpy()
     numbers = []
     for shard, start in enumerate(range(0, len(ds), shard_size)):
-        rows = order[start : start + shard_size].tolist()
+        rows = order[start : start + shard_size]
         images = ds.select(rows)["image"]
         encoded = pool.map(lambda value: _encode(value, max_side, quality), images)
         path = out / f"{split}-{shard:06d}.tar"
@@ -127,9 +127,7 @@ def _encode(value: dict[str, Any], max_side: int | None, quality: int) -> tuple[
         big = max_side is not None and max(image.size) > max_side
         if not big and image.format in _KEPT:
             return data, _KEPT[image.format]
-        orientation = exif_orientation(image)
-        upright = image.transpose(_UPRIGHT[orientation]) if orientation > 1 else image
-        rgb = to_rgb(upright)
+        rgb = to_rgb(upright(image))
         buffer = io.BytesIO()
         if big:
             scale = max_side / max(rgb.size)

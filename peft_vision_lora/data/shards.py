@@ -254,9 +254,9 @@ class Sample:
         return f"{self.shard}/{self.key}.{self.field}"
 
 
-def parse_sample(shard: str, key: str, fields: dict[str, bytes], names: Sequence[str]) -> Sample:
+def parse_sample(shard: str, key: str, fields: dict[str, bytes], classes: dict[str, int]) -> Sample:
     """Check one raw sample and return it; :class:`ShardError` names the shard and key of a sample without an
-    image, without a label, or whose label is not one of ``names``."""
+    image, without a label, or whose label is not one of ``classes`` (class name -> index, built once per shard)."""
     field = next((f for f in fields if f in IMAGE_FIELDS), None)
     if field is None:
         raise ShardError(shard, f"no image (fields: {', '.join(sorted(fields)) or 'none'})", key)
@@ -276,13 +276,14 @@ def parse_sample(shard: str, key: str, fields: dict[str, bytes], names: Sequence
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ShardError(shard, f"label {value!r} is neither a class index nor a class name", key)
     if isinstance(value, int):
-        if not 0 <= value < len(names):
-            raise ShardError(shard, f"label {value} is not one of the {len(names)} classes (0..{len(names) - 1})", key)
+        count = len(classes)
+        if not 0 <= value < count:
+            raise ShardError(shard, f"label {value} is not one of the {count} classes (0..{count - 1})", key)
         label = value
     else:
-        if value not in names:
-            raise ShardError(shard, f"label {value!r} is not in the label file's {len(names)} classes", key)
-        label = list(names).index(value)
+        if value not in classes:
+            raise ShardError(shard, f"label {value!r} is not in the label file's {len(classes)} classes", key)
+        label = classes[value]
     return Sample(shard, key, field, fields[field], label)
 
 
@@ -290,10 +291,11 @@ def iter_shard(url: str, names: Sequence[str], on_bad: str = "skip") -> Iterator
     """Checked samples of one shard in tar order. A bad sample, a missing shard or a truncated tar is yielded as a
     :class:`ShardError` (``on_bad="skip"``: the caller counts and skips it, and reading goes on) or raised
     (``"error"``)."""
+    classes = {name: i for i, name in enumerate(names)}
     try:
         for key, fields in iter_tar_samples(url):
             try:
-                yield parse_sample(url, key, fields, names)
+                yield parse_sample(url, key, fields, classes)
             except ShardError as error:
                 if on_bad == "error":
                     raise

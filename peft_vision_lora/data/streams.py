@@ -52,8 +52,10 @@ def sample_key(sample: Sample, epoch: int) -> int:
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little") >> 1
 
 
-def _order(rng: np.random.Generator, count: int) -> list[int]:
-    # Ordering by rng.random (rather than permutation) ties the order to numpy's stable bit stream.
+def seeded_order(rng: np.random.Generator, count: int) -> list[int]:
+    """A permutation of ``range(count)`` drawn from ``rng``.
+
+    Ordering by ``rng.random`` (rather than ``permutation``) ties the order to numpy's stable bit stream."""
     return np.argsort(rng.random(count), kind="stable").tolist()
 
 
@@ -122,7 +124,7 @@ class SampleStream(IterableDataset):
     def epoch_samples(self, epoch: int, slot: int, slots: int, bad: list[int]) -> Iterator[Sample]:
         """The slot's good samples of ``epoch`` in shuffled order; bad ones are counted into ``bad[0]``."""
         rng = np.random.default_rng([self.seed, epoch, 7])
-        order = [self.units[i] for i in _order(rng, len(self.units))]
+        order = [self.units[i] for i in seeded_order(rng, len(self.units))]
         by_unit = len(order) >= slots
         mine = order[slot::slots] if by_unit else order
         return self._shuffled(self._read(mine, None if by_unit else (slot, slots), bad), epoch, slot)
@@ -155,7 +157,7 @@ class SampleStream(IterableDataset):
             j = int(rng.integers(size))
             yield buffer[j]
             buffer[j] = sample
-        for j in _order(rng, len(buffer)):
+        for j in seeded_order(rng, len(buffer)):
             yield buffer[j]
 
 
