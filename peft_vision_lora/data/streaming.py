@@ -16,6 +16,7 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
+from .loading import load_image_dataset
 from .shards import (
     MANIFEST,
     Sample,
@@ -23,6 +24,7 @@ from .shards import (
     expand_pattern,
     find_label_file,
     iter_shard,
+    looks_like_shards,
     read_label_file,
 )
 from .streams import ShardReader
@@ -102,6 +104,21 @@ def shard_eval_splits(
     urls = expand_pattern(spec)
     names = list(names) if names is not None else read_label_file(label_file or find_label_file(urls))
     return DatasetDict({split_of_pattern(spec): read_shards_as_dataset(urls, names, on_bad)})
+
+
+def read_whole(
+    source: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    label_file: str | None = None,
+    format: str | None = None,
+    on_bad: str = "skip",
+) -> DatasetDict:
+    """Data to evaluate on, read whole: shards (a pattern or a shard folder, see :func:`shard_eval_splits`) or
+    anything :func:`~peft_vision_lora.data.load_image_dataset` reads."""
+    if looks_like_shards(source):
+        return shard_eval_splits(os.fspath(source), names=names, label_file=label_file, on_bad=on_bad)
+    return load_image_dataset(source, format=format, on_bad_image=on_bad)
 
 
 def split_of_pattern(pattern: str) -> str:

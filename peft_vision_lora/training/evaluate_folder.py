@@ -22,9 +22,9 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..data import ImageTransforms, load_image_dataset, looks_like_shards
+from ..data import ImageTransforms
 from ..data.images import to_rgb
-from ..data.streaming import shard_eval_splits
+from ..data.streaming import read_whole
 from ..modeling import ADAPTER_CONFIG, load_model
 from ..processing import load_image_processor
 from .data import eval_dataloader
@@ -87,10 +87,7 @@ def evaluate_folder(
     """Evaluate a trained folder on ``split`` of ``dataset``; returns the split's metrics (as in ``metrics.json``)."""
     if num_mistakes < 0 or batch_size < 1:
         raise ValueError(f"num_mistakes must be >= 0 and batch_size >= 1, got {num_mistakes} and {batch_size}")
-    if looks_like_shards(dataset):
-        data = shard_eval_splits(os.fspath(dataset))
-    else:
-        data = load_image_dataset(dataset, format=dataset_format)
+    data = read_whole(dataset, format=dataset_format)
     if split not in data:
         raise ValueError(f"{dataset} has no {split!r} split (it has: {', '.join(data)}).")
     ds = data[split]

@@ -21,9 +21,9 @@ from datasets import ClassLabel, DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import ImageTransforms, MixupCutmix, load_image_dataset
+from ..data import ImageTransforms, MixupCutmix
 from ..data.shards import looks_like_shards
-from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, shard_eval_splits, shard_source
+from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, read_whole, shard_source
 from ..data.streams import SampleStream, StreamCollate
 from .features import FeatureDataset, extract_features
 
@@ -80,9 +80,10 @@ def check_stream_options(source: StreamSource, data_args: Any, args: Any) -> Non
 def eval_splits(spec: str, names: Sequence[str], data_args: Any) -> DatasetDict:
     """``--eval_dataset``: shards (a pattern, its split from the file name, or a shard folder's validation/test
     splits) or anything ``load_image_dataset`` reads (its validation/test splits; a folder without splits is test)."""
+    options = {"label_file": data_args.label_file, "format": data_args.dataset_format, "on_bad": data_args.on_bad_image}
+    data = read_whole(spec, names=names, **options)
     if looks_like_shards(spec):
-        return shard_eval_splits(spec, names=names, label_file=data_args.label_file, on_bad=data_args.on_bad_image)
-    data = load_image_dataset(spec, format=data_args.dataset_format, on_bad_image=data_args.on_bad_image)
+        return data
     return DatasetDict({s: data[s] for s in EVAL_SPLITS if s in data} or {"test": data["train"]})
 
 
