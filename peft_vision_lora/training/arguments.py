@@ -7,6 +7,7 @@ Names follow ``transformers.TrainingArguments`` wherever it has the same option,
 from __future__ import annotations
 
 import dataclasses
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -248,9 +249,6 @@ class TrainingArguments:
         default=0.0,
         metadata={"help": "EMA of the trainable weights, evaluated and saved instead of the raw weights; 0 is off."},
     )
-    tta_flip: bool = field(
-        default=False, metadata={"help": "Evaluate on each image and its mirror image, averaging the probabilities."}
-    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward (non-reentrant) to save memory."}
@@ -280,7 +278,13 @@ class TrainingArguments:
         default=None,
         metadata={"help": "When to evaluate: no, steps, epoch. Default: steps if --eval_steps, else epoch."},
     )
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every this many optimizer steps."})
+    eval_steps: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every this many optimizer steps; below 1, that fraction of the run's steps (as in "
+            "transformers: 0.25 evaluates 4 times)."
+        },
+    )
     save_strategy: Literal["no", "steps", "epoch"] | None = field(
         default=None,
         metadata={
@@ -346,11 +350,22 @@ class TrainingArguments:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
         self.eval_strategy = self.eval_strategy or ("steps" if self.eval_steps else "epoch")
         self.save_strategy = self.save_strategy or ("steps" if self.save_steps else "epoch")
+        if self.eval_steps is not None and self.eval_steps >= 1:
+            if self.eval_steps != int(self.eval_steps):
+                raise ValueError(f"--eval_steps must be whole steps or a fraction below 1, got {self.eval_steps}.")
+            self.eval_steps = int(self.eval_steps)
         for kind in ("eval", "save"):
             if getattr(self, f"{kind}_strategy") not in STRATEGIES:
                 raise ValueError(f"--{kind}_strategy must be one of {', '.join(STRATEGIES)}.")
             if getattr(self, f"{kind}_strategy") == "steps" and not getattr(self, f"{kind}_steps"):
                 raise ValueError(f"--{kind}_strategy steps needs --{kind}_steps N.")
+
+
+def steps_every(every: float | None, total_steps: int) -> int | None:
+    """``--eval_steps`` in steps: a whole number as given, a fraction of ``total_steps`` rounded up (at least 1)."""
+    if every is None or every >= 1:
+        return every
+    return max(1, math.ceil(round(total_steps * every, 6)))  # rounded first: 0.1 * 30 is 3.0000000000000004
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

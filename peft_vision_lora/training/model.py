@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 
@@ -18,6 +19,16 @@ from .arguments import ModelArguments
 def head_module(model: nn.Module) -> nn.Module:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return getattr(base, get_architecture(base).head)
+
+
+def base_checkpoint(args: ModelArguments, accelerator: Accelerator) -> str:
+    """``--model``, else the offline default backbone (converted once, by the first process)."""
+    if args.model:
+        return args.model
+    with accelerator.main_process_first():
+        from ..offline.backbone import default_model_path
+
+        return default_model_path()
 
 
 def build_training_model(

@@ -185,7 +185,7 @@ def test_empty_split_fails_before_training(tiny_vit, tmp_path):
 RECIPE_OPTIONS = [
     "--token_keep", "0.5", "--token_keep_min", "1",
     "--resolution_schedule", "16", "32", "--ema_decay", "0.8", "--head_init", "linear_probe",
-    "--lora_layers", "1", "--tta_flip",
+    "--lora_layers", "1",
 ]  # fmt: skip
 
 
