@@ -14,7 +14,7 @@ from .ema import EMA
 from .head_init import LinearProbeHead
 from .parts import LoopPart
 from .resolution import ResolutionSchedule
-from .streams import StreamTrainData
+from .stream_data import StreamTrainData
 from .token_dropout import TokenDropoutPart
 
 

@@ -15,7 +15,7 @@ from .data import RunData
 from .features import FeatureDataset, backbone_features, fit_linear_head, trainable_linear
 from .model import head_module
 from .parts import LoopPart
-from .streams import stream_prefix_features
+from .stream_data import stream_prefix_features
 
 logger = get_logger(__name__)
 

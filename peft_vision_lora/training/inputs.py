@@ -17,7 +17,7 @@ from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .clock import PhaseClock
 from .data import RunData, TrainData, class_names, eval_dataloader, train_dataloader
 from .features import cache_features
-from .streams import StreamTrainData, check_stream_options, open_stream_source, stream_train_data
+from .stream_data import StreamTrainData, check_stream_options, open_stream_source, stream_train_data
 
 logger = get_logger(__name__)
 

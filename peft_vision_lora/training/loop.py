@@ -24,6 +24,8 @@ from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 
 from ..data import ImageTransforms
+from ..evaluation.metrics import model_inputs
+from ..hub import push_to_hub
 from ..io import write_json
 from ..processing import load_image_processor
 from ..resizing import native_image_size
@@ -40,8 +42,6 @@ from .checkpointing import TrainerState, list_checkpoints, load_checkpoint, reso
 from .choose_parts import choose_parts
 from .clock import PhaseClock
 from .data import check_same_classes, choose_eval_splits
-from .evaluation import model_inputs
-from .hub import push_to_hub
 from .inputs import build_mixup, eval_loaders, load_run_data, step_inputs, stream_summary, train_batches
 from .launch import check_launch
 from .model import base_checkpoint, build_training_model, enable_gradient_checkpointing

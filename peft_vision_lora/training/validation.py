@@ -13,9 +13,9 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..evaluation.metrics import evaluate_model
 from .checkpointing import TrainerState, best_model_path, load_trainable_state_dict, save_best
 from .clock import PhaseClock
-from .evaluation import evaluate_model
 from .outputs import HEADLINE_METRICS
 from .parts import LoopPart
 from .run_log import RunLog
