@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, SchedulerType
 
 from ..architectures import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_PRESET, DEFAULT_R, PRESETS
 from ..data.augment import Augmentation
-from ..preprocessing import NORMALIZATIONS
+from ..processing import NORMALIZATIONS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
@@ -69,6 +69,13 @@ class ModelArguments:
             "adapted layer: the frozen layers below it keep no activations and get no gradients."
         },
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "The model's square input size, for training, evaluation and the saved model; position embeddings "
+            "are resampled when it differs from the checkpoint's. Default: the size the checkpoint's processor uses."
+        },
+    )
     normalization: str | None = field(
         default=None,
         metadata={
@@ -85,6 +92,7 @@ class ModelArguments:
         _positive("r", self.r, allow_none=False)
         _positive("lora_alpha", self.lora_alpha, allow_none=False)
         _positive("lora_layers", self.lora_layers)
+        _positive("image_size", self.image_size)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
@@ -134,13 +142,6 @@ class DataArguments(Augmentation):
         metadata={"help": "Fraction of train held out (stratified) for validation when the dataset has none."},
     )
     shots: int | None = field(default=None, metadata={"help": "Keep only this many training images per class."})
-    image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Train and evaluate at this square size; position embeddings are interpolated when it differs "
-            "from the checkpoint's. Default: the checkpoint's size."
-        },
-    )
     resolution_schedule: list[int] = field(
         default_factory=list,
         metadata={
@@ -162,7 +163,6 @@ class DataArguments(Augmentation):
         _positive("shots", self.shots)
         if self.shuffle_buffer < 0:
             raise ValueError(f"--shuffle_buffer must be >= 0, got {self.shuffle_buffer}.")
-        _positive("image_size", self.image_size)
         self.resolution_schedule = [int(size) for size in self.resolution_schedule]
         if any(size <= 0 for size in self.resolution_schedule):
             raise ValueError(f"--resolution_schedule sizes must be positive, got {self.resolution_schedule}.")

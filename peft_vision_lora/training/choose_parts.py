@@ -6,7 +6,6 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..data import ImageTransforms
-from ..resizing import native_image_size
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .clock import PhaseClock
 from .data import RunData, TrainData
@@ -28,6 +27,7 @@ def choose_parts(
     data: RunData,
     train_data: TrainData | StreamTrainData,
     eval_transforms: ImageTransforms,
+    image_size: int,
     num_epochs: int,
     clock: PhaseClock,
     cached: bool,
@@ -42,7 +42,7 @@ def choose_parts(
                 args.token_keep,
                 min_tokens=args.token_keep_min,
                 seed=args.seed,
-                image_size=native_image_size(model),
+                image_size=image_size,
                 rank=accelerator.process_index,
                 world_size=accelerator.num_processes,
             )  # fmt: skip

@@ -22,13 +22,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
+from transformers.image_processing_utils import BaseImageProcessor
 
 from ..data import ImageTransforms
 from ..evaluation.metrics import model_inputs
 from ..hub import push_to_hub
 from ..io import write_json
-from ..processing import load_image_processor
-from ..resizing import native_image_size
 from .arguments import (
     DEFAULT_LEARNING_RATES,
     DataArguments,
@@ -44,7 +43,7 @@ from .clock import PhaseClock
 from .data import check_same_classes, choose_eval_splits
 from .inputs import build_mixup, eval_loaders, load_run_data, step_inputs, stream_summary, train_batches
 from .launch import check_launch
-from .model import base_checkpoint, build_training_model, enable_gradient_checkpointing
+from .model import base_checkpoint, build_run_model, enable_gradient_checkpointing
 from .optim import build_optimizer, build_scheduler, plan_steps, warmup_steps
 from .outputs import METRICS_FILE, prepare_output_dir, write_run_folder
 from .parts import LoopParts
@@ -114,7 +113,7 @@ class Trainer:
         check_launch(accelerator.num_processes)
         set_seed(training_args.seed)
         self.data = load_run_data(data_args, training_args, dataset)
-        self.base, self.model, self.processor = self._setup_model()
+        self.base, self.model, self.processor, self.image_size = self._setup_model()
         # Everything that can be refused is checked before the output folder is touched.
         self.resume = self._setup_resume()
         prepare_output_dir(
@@ -149,8 +148,8 @@ class Trainer:
         self.train_data.prepare(accelerator)
         self.parts = LoopParts(choose_parts(
             self.model, model_args, data_args, training_args, accelerator=accelerator, data=self.data,
-            train_data=self.train_data, eval_transforms=eval_tf, num_epochs=self.plan.num_epochs, clock=self.clock,
-            cached=inputs.cache_s is not None,
+            train_data=self.train_data, eval_transforms=eval_tf, image_size=self.image_size,
+            num_epochs=self.plan.num_epochs, clock=self.clock, cached=inputs.cache_s is not None,
         ))  # fmt: skip
         self.state = self._setup_state()
         self.log = RunLog(accelerator, self.output_dir, self.state, self.plan.steps_per_epoch)
@@ -176,19 +175,14 @@ class Trainer:
         args = self.args
         return args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
 
-    @property
-    def image_size(self) -> int:
-        return native_image_size(self.model)
-
-    def _setup_model(self) -> tuple[str, torch.nn.Module, Any]:
-        """The base checkpoint's name, the trainable classifier and its one image processor, at one image size."""
-        base, requested = base_checkpoint(self.model_args, self.accelerator), self.data_args.image_size
-        model = build_training_model(self.model_args, base, self.data.labels, image_size=requested)
-        size = native_image_size(model)  # the requested size, else the checkpoint's own
-        check_schedule(self.data_args.resolution_schedule, size, explicit=bool(requested))
+    def _setup_model(self) -> tuple[str, torch.nn.Module, BaseImageProcessor, int]:
+        """The base checkpoint's name, the trainable classifier, its one image processor and the one image size."""
+        base = base_checkpoint(self.model_args, self.accelerator)
+        model, processor, size = build_run_model(self.model_args, base, self.data.labels)
+        check_schedule(self.data_args.resolution_schedule, size, explicit=bool(self.model_args.image_size))
         if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        return base, model, load_image_processor(base, image_size=size, normalization=self.model_args.normalization)
+        return base, model, processor, size
 
     def _setup_resume(self) -> Path | None:
         """The checkpoint to continue from (``--resume_from_checkpoint``), checked against this run's classes."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..resizing import vision_config
+from ..processing import vision_config
 from ..token_dropout import TokenDropout
 from .parts import LoopPart
 

@@ -13,7 +13,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import CLIPConfig, CLIPForImageClassification
 
 from peft_vision_lora.evaluation.metrics import compute_metrics, load_metric
-from peft_vision_lora.resizing import resize_position_embeddings
+from peft_vision_lora.processing import resize_position_embeddings
 from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
