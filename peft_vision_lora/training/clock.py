@@ -22,6 +22,9 @@ def process_start_time() -> float | None:
         return None
 
 
+PHASE_ORDER = ("startup", "feature_cache", "linear_probe", "train", "eval", "outputs")
+
+
 class PhaseClock:
     """Seconds per phase since ``origin`` (a ``time.time()``, e.g. :func:`process_start_time`; default: now).
 
@@ -58,8 +61,11 @@ class PhaseClock:
         return self.seconds.get(name, 0.0) + running
 
     def summary(self) -> dict[str, float]:
-        """``{"<phase>_s": seconds, ..., "total_s": seconds}``; the phases add up to the total."""
+        """``{"<phase>_s": seconds, ..., "total_s": seconds}`` in the order a run goes through them; the phases add
+        up to the total."""
         self._switch(self.current)
-        return {f"{name}_s": round(s, 3) for name, s in self.seconds.items()} | {
-            "total_s": round(time.perf_counter() - self.start, 3)
-        }
+        order = sorted(
+            self.seconds, key=lambda name: PHASE_ORDER.index(name) if name in PHASE_ORDER else len(PHASE_ORDER)
+        )
+        total = {"total_s": round(time.perf_counter() - self.start, 3)}
+        return {f"{name}_s": round(self.seconds[name], 3) for name in order} | total

@@ -258,7 +258,8 @@ class Trainer:
         results["phases"] = phases = self.clock.summary()
         if accelerator.is_main_process:  # now that writing it is measured too
             write_json(self.output_dir / METRICS_FILE, results)
-        accelerator.print("Done: " + ", ".join(f"{name} {s:.1f}" for name, s in phases.items()))
+        spent = ", ".join(f"{name[:-2]} {s:.1f}" for name, s in phases.items() if name != "total_s")
+        accelerator.print(f"Done in {phases['total_s']:.1f} s: {spent}")
         return results
 
     def _fit(self) -> None:
