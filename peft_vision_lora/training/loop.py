@@ -43,7 +43,7 @@ from .clock import PhaseClock
 from .data import check_same_classes, choose_eval_splits
 from .inputs import build_mixup, eval_loaders, load_run_data, step_inputs, stream_summary, train_batches
 from .launch import check_launch
-from .model import base_checkpoint, build_run_model, enable_gradient_checkpointing
+from .model import base_checkpoint, build_run_model
 from .optim import build_optimizer, build_scheduler, plan_steps, warmup_steps
 from .outputs import METRICS_FILE, prepare_output_dir, write_run_folder
 from .parts import LoopParts
@@ -119,7 +119,9 @@ class Trainer:
         prepare_output_dir(
             accelerator, self.output_dir, resuming=self.resume is not None, overwrite=training_args.overwrite_output_dir
         )
-        train_tf = ImageTransforms.from_processor(self.processor, train=True, **data_args.transform_options(self.seed))
+        train_tf = ImageTransforms.from_processor(
+            self.processor, train=True, **data_args.transform_options(training_args.seed)
+        )
         eval_tf = ImageTransforms.from_processor(self.processor, train=False)
         mixup = build_mixup(len(self.data.labels), data_args, training_args)
         self.smoothing = 0.0 if mixup else training_args.label_smoothing  # Mixup's soft targets carry the smoothing
@@ -162,10 +164,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------ setup
 
     @property
-    def seed(self) -> int:
-        return self.args.seed
-
-    @property
     def total_steps(self) -> int:
         return self.plan.total_steps
 
@@ -178,10 +176,10 @@ class Trainer:
     def _setup_model(self) -> tuple[str, torch.nn.Module, BaseImageProcessor, int]:
         """The base checkpoint's name, the trainable classifier, its one image processor and the one image size."""
         base = base_checkpoint(self.model_args, self.accelerator)
-        model, processor, size = build_run_model(self.model_args, base, self.data.labels)
+        model, processor, size = build_run_model(
+            self.model_args, base, self.data.labels, gradient_checkpointing=self.args.gradient_checkpointing
+        )
         check_schedule(self.data_args.resolution_schedule, size, explicit=bool(self.model_args.image_size))
-        if self.args.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         return base, model, processor, size
 
     def _setup_resume(self) -> Path | None:
@@ -248,7 +246,7 @@ class Trainer:
             global_batch_size=self.global_batch_size, total_steps=self.total_steps, state=self.state,
             runtime_s=runtime, train_s=train_s, data_wait_s=self.clock.tally["data_wait"], cache_s=self.cache_s,
             stream=stream_summary(self.data, self.train_data),
-            eval_metrics=eval_metrics, test_metrics=test_metrics, phases={},
+            eval_metrics=eval_metrics, test_metrics=test_metrics,
         )  # fmt: skip
         with self.clock.phase("outputs"):
             if accelerator.is_main_process:
@@ -338,15 +336,9 @@ class Trainer:
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
             self.state.data_state = self.train_data.gather_state()  # a stream's position in every process
             save_checkpoint(
-                self.accelerator,
-                self.output_dir,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                state=self.state,
-                total_limit=args.save_total_limit,
-                parts=self.parts.checkpoint_tensors(),
-            )
+                self.accelerator, self.output_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                state=self.state, total_limit=args.save_total_limit, parts=self.parts.checkpoint_tensors(),
+            )  # fmt: skip
 
     def _stop_message(self, what: str) -> str:
         where = f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch}); stopped without applying it."

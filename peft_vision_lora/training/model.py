@@ -33,14 +33,17 @@ def base_checkpoint(args: ModelArguments, accelerator: Accelerator) -> str:
 
 
 def build_run_model(
-    args: ModelArguments, base: str | os.PathLike, labels: Sequence[str]
+    args: ModelArguments, base: str | os.PathLike, labels: Sequence[str], *, gradient_checkpointing: bool = False
 ) -> tuple[nn.Module, BaseImageProcessor, int]:
     """The run's model, its one image processor and its one image size, resolved once: ``--image_size``, else the
     size the checkpoint's processor produces (from its config when it ships none). Everything downstream (position
     embeddings, the transforms, token counts, the recipe) takes the size from here."""
     processor = load_image_processor(base, image_size=args.image_size, normalization=args.normalization)
     size = Preprocessing.from_processor(processor).size[0]
-    return build_training_model(args, base, labels, image_size=size, image_processor=processor), processor, size
+    model = build_training_model(args, base, labels, image_size=size, image_processor=processor)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, processor, size
 
 
 def build_training_model(

@@ -25,7 +25,6 @@ def run_results(
     stream: dict[str, Any],
     eval_metrics: dict[str, Any] | None,
     test_metrics: dict[str, Any] | None,
-    phases: dict[str, float],
 ) -> dict[str, Any]:
     """``runtime_s``: training with its evaluations; ``train_s``: training alone, with the linear probe and feature
     cache (``cache_s``, None: no cache); ``data_wait_s``: waiting for batches. ``eval_metrics`` are the validation
@@ -51,7 +50,6 @@ def run_results(
         "total_steps": total_steps,
         "best_step": state.best_step if state.best_step is not None else state.global_step,
         "train": train,
-        "phases": phases,
     }
     if eval_metrics is not None:
         results["eval"] = eval_metrics
