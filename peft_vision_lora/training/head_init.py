@@ -3,13 +3,12 @@ images (``--head_init linear_probe``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
 from ..data import ImageTransforms
+from .arguments import TrainingArguments
 from .clock import PhaseClock
 from .data import RunData
 from .features import FeatureDataset, backbone_features, fit_linear_head, trainable_linear
@@ -32,7 +31,7 @@ class LinearProbeHead(LoopPart):
         transforms: ImageTransforms,
         accelerator: Accelerator,
         clock: PhaseClock,
-        args: Any,
+        args: TrainingArguments,
         shuffle_buffer: int,
     ) -> None:
         self.model, self.data, self.transforms, self.accelerator = model, data, transforms, accelerator
@@ -46,9 +45,11 @@ class LinearProbeHead(LoopPart):
             return
         with self.clock.phase("linear_probe"):
             head = head_module(self.model)
-            accuracy = fit_linear_head(trainable_linear(head), self.features(head))
+            features = self.features(head)
+            accuracy = fit_linear_head(trainable_linear(head), features)
         logger.info(
-            "Head initialised by a linear probe in %.1fs (train top-1 %.3f).",
+            "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",
+            len(features),
             self.clock.last["linear_probe"],
             accuracy,
             main_process_only=True,
