@@ -39,7 +39,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
-    from .training import HubPushError, push_to_hub
+    from .hub import HubPushError, push_to_hub
 
     parser = argparse.ArgumentParser(
         prog=f"{PROG} push", description="Upload an adapter folder to the Hugging Face Hub."
@@ -82,7 +82,7 @@ def _push_space(args: argparse.Namespace) -> str:
 
 
 def _merge(argv: list[str]) -> int:
-    from .modeling import merge_adapter
+    from .adapters import merge_adapter
 
     parser = argparse.ArgumentParser(prog=f"{PROG} merge", description="Merge an adapter into its backbone.")
     parser.add_argument("adapter", help="Adapter folder or Hub id.")
@@ -135,7 +135,7 @@ def _predict(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     import json
 
-    from .training.evaluate_folder import default_output_dir, evaluate_folder
+    from .evaluation.folder import default_output_dir, evaluate_folder
 
     parser = argparse.ArgumentParser(
         prog=f"{PROG} evaluate",

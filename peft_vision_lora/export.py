@@ -21,8 +21,8 @@ from transformers import AutoModelForImageClassification, PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
+from .adapters import ADAPTER_CONFIG, PICKLE_WEIGHTS, load_model
 from .io import atomic_folder, looks_like_path
-from .modeling import ADAPTER_CONFIG, PICKLE_WEIGHTS, load_model
 from .processing import load_image_processor
 from .resizing import native_image_size
 

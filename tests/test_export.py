@@ -15,7 +15,6 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 import peft_vision_lora as pvl
 from peft_vision_lora.cli import main
-from peft_vision_lora.export import export_onnx
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
@@ -132,7 +131,7 @@ def real_export(shared_vit: Path, flowers12: Path, tmp_path_factory: pytest.Temp
     model = pvl.build_model(shared_vit, labels, normalization="imagenet", image_size=112, init_lora_weights=False)
     adapter = pvl.save_pretrained(model, root / "adapter")
     merged = pvl.merge_adapter(adapter, root / "merged")
-    export_onnx(merged, root / "onnx")
+    pvl.export_onnx(merged, root / "onnx")
     return merged, root / "onnx"
 
 

@@ -23,8 +23,8 @@ from datasets import Dataset, DatasetDict, Image
 from ..io import atomic_path, make_folder, write_json, write_text
 from .images import open_image, to_rgb, upright
 from .loading import load_image_dataset
-from .shards import MANIFEST, compress_range
-from .streams import seeded_order
+from .sample_stream import seeded_order
+from .shard_reader import MANIFEST, compress_range
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What a run leaves in its output folder: the model folder, ``metrics.json``, ``train_log.jsonl`` and two plots.
 
-For LoRA the model folder is the portable adapter folder of :func:`peft_vision_lora.modeling.save_pretrained`; full
+For LoRA the model folder is the portable adapter folder of :func:`peft_vision_lora.adapters.save_pretrained`; full
 fine-tuning and linear probing write a plain transformers model folder. Checkpoints live next to them in
 ``checkpoints/``.
 """
@@ -18,10 +18,10 @@ from accelerate import Accelerator
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..adapters import write_model_folder
+from ..evaluation.plots import plot_confusion_matrix, plot_training_curves
 from ..io import atomic_files, write_json, write_text
-from ..modeling import write_model_folder
 from .checkpointing import checkpoint_root, list_checkpoints
-from .plots import plot_confusion_matrix, plot_training_curves
 
 LOG_FILE = "train_log.jsonl"
 METRICS_FILE = "metrics.json"
