@@ -74,10 +74,9 @@ def page_title(models: DemoModels) -> str:
 
 
 def _intro(models: DemoModels) -> str:
-    return "\n\n".join(
-        f"`{name}` tells apart {len(models.labels(name))} classes: {_label_list(models.labels(name))}."
-        for name in models.names
-    )
+    if len(models.names) == 1:
+        return f"Classes: {_label_list(models.labels(models.names[0]))}."
+    return "\n\n".join(f"`{name}` classes: {_label_list(models.labels(name))}." for name in models.names)
 
 
 def build_app(

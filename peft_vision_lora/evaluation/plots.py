@@ -39,7 +39,7 @@ def _accuracy_panel(ax: Any, log_history: Sequence[dict[str, Any]], final: tuple
             value, name = metrics[key], f"{split} {label} {100 * metrics[key]:.1f}%"
             ax.scatter([last_step], [value], marker=marker, s=160, zorder=3, label=name)
     title = "Evaluation accuracy" if evaluated else "Final accuracy (no evaluation during training)"
-    ax.set(title=title, xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
+    ax.set(title=title, xlabel="step", ylabel="accuracy", ylim=(0, 1.05))
     if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, "No evaluation during or after training", ha="center", va="center", transform=ax.transAxes)
 
@@ -50,7 +50,7 @@ def training_curves_figure(
     """Training and evaluation loss, accuracy and the learning rate against the optimizer step; ``final`` is the
     split and metrics of the finished model (``("test", {"top1_accuracy": ...})``), drawn at the last step."""
     fig = Figure(figsize=(15, 4), layout="constrained")
-    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3, sharex=True)  # one step axis: a lone final point sits at the end
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         steps, values = _series(log_history, key)
         if steps:

@@ -66,7 +66,7 @@ def test_page_title_names_the_task_and_says_how_to_get_examples(tiny_adapters):
     app = build_app([tiny_adapters["colours"]])
     assert app.title == "colours: 3 classes"
     intro = _component(app, "pvl-title")["props"]["value"]
-    assert intro.startswith("# colours: 3 classes") and "red, green, blue" in intro
+    assert intro == "# colours: 3 classes\n\nClasses: red, green, blue."
     assert _component(app, "pvl-examples") is None
     assert "peft-vision-lora evaluate" in _component(app, "pvl-no-examples")["props"]["value"]
     assert build_app([tiny_adapters["colours"], tiny_adapters["pets"]]).title == "colours · pets"
