@@ -27,7 +27,7 @@ from .architectures import (
     get_architecture,
     rename_legacy_key,
 )
-from .card import write_model_card
+from .card import CardInfo, write_model_card
 from .configuration import VisionLoraConfig
 from .io import atomic_folder, looks_like_path
 from .modeling import check_base_exists, classification_config, load_classifier
@@ -48,19 +48,13 @@ def write_model_folder(
     folder: str | os.PathLike,
     model: PeftModel | PreTrainedModel,
     image_processor: BaseImageProcessor | None = None,
-    *,
-    method: str = "lora",
-    metrics: dict[str, Any] | None = None,
-    command: str | None = None,
-    dataset: str | None = None,
-    name: str | None = None,
+    card: CardInfo | None = None,
 ) -> Path:
     """Write a model folder into the existing, empty ``folder`` (not atomically: see :func:`save_pretrained`).
 
     A ``PeftModel`` gives the portable adapter folder: adapter, our ``config.json`` (labels, backbone location),
-    processor and model card. A plain transformers model (full fine-tuning, linear probe: ``method``) gives its
-    own ``save_pretrained`` folder, the processor and the model card. ``name`` is the folder or Hub id the card's
-    usage example shows.
+    processor and model card. A plain transformers model (full fine-tuning, linear probe: ``card.method``) gives its
+    own ``save_pretrained`` folder, the processor and the model card.
     """
     folder = Path(folder)
     lora = isinstance(model, PeftModel)
@@ -75,9 +69,7 @@ def write_model_folder(
         base_name = model.peft_config[model.active_adapter].base_model_name_or_path or classifier.name_or_path
         preset = getattr(model, "vision_lora_preset", None)
         VisionLoraConfig.from_backbone(classifier.config, base_name, preset).save_pretrained(folder)
-    write_model_card(
-        folder, model, base_name, method=method, metrics=metrics, command=command, dataset=dataset, name=name
-    )
+    write_model_card(folder, model, base_name, card or CardInfo())
     return folder
 
 
@@ -98,9 +90,8 @@ def save_pretrained(
     """
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as tmp:
-        write_model_folder(
-            tmp, model, image_processor, metrics=metrics, command=command, dataset=dataset, name=out_dir.name
-        )
+        card = CardInfo(metrics=metrics or {}, command=command, dataset=dataset, name=out_dir.name)
+        write_model_folder(tmp, model, image_processor, card)
     return out_dir
 
 
