@@ -2,7 +2,8 @@
 
 - PEFT: a LoRA target mapping per ``model_type`` (the ``qkv`` preset as a regex that covers transformers 4.x and
   5.x names and, for CLIP, only the vision tower), so ``get_peft_model(model, LoraConfig(r=8))`` needs no
-  ``target_modules``.
+  ``target_modules``; and LoRA ``target_modules`` written for transformers 4.x names (``["query", "value"]``) select
+  the same projections under their 5.x names on those families (:mod:`.legacy_targets`).
 - transformers: the adapter folder's ``config.json`` type, so stock ``AutoModelForImageClassification`` and
   ``pipeline("image-classification")`` load adapter folders; and the ``vision-efficient-tuning`` task alias.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from peft import LoraModel, PeftModel
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.pipelines import PIPELINE_REGISTRY, ImageClassificationPipeline
 
 from .architectures import ARCHITECTURES, DEFAULT_PRESET, PRESETS
 from .configuration import VisionLoraConfig
+from .legacy_targets import legacy_weight_mapping, translate_legacy_targets
 
 PIPELINE_ALIAS = "vision-efficient-tuning"
 
@@ -50,10 +53,36 @@ class VisionLoraForImageClassification(PreTrainedModel):
         return classifier
 
 
+def _translate_then_prepare(prepare_model):
+    # LoraModel._prepare_model is PEFT's one step that sees both the prepared config and the model, right before
+    # target_modules are matched: every path (get_peft_model, PeftModel.from_pretrained, add_adapter) passes it.
+    def _prepare_model(self: LoraModel, peft_config, model) -> None:
+        translate_legacy_targets(peft_config, model)
+        prepare_model(self, peft_config, model)
+
+    _prepare_model.vision_lora = True
+    return _prepare_model
+
+
+def _load_with_legacy_names(load_adapter):
+    # PeftModel.from_pretrained injects the adapter (translating 4.x targets above) before it reads the weights, which
+    # an adapter saved on 4.x stores under the old module paths: rename those the same way.
+    def _load_adapter(self: PeftModel, model_id, adapter_name: str, *args, key_mapping=None, **kwargs):
+        if not key_mapping and adapter_name in self.peft_config:  # from_pretrained passes {} for "none"
+            key_mapping = legacy_weight_mapping(self.peft_config[adapter_name])
+        return load_adapter(self, model_id, adapter_name, *args, key_mapping=key_mapping, **kwargs)
+
+    _load_adapter.vision_lora = True
+    return _load_adapter
+
+
 def register() -> None:
     """Idempotent: safe to call more than once."""
     targets = {arch.model_type: arch.role_regex(PRESETS[DEFAULT_PRESET]) for arch in ARCHITECTURES.values()}
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.update(targets)
+    if not getattr(LoraModel._prepare_model, "vision_lora", False):
+        LoraModel._prepare_model = _translate_then_prepare(LoraModel._prepare_model)
+        PeftModel.load_adapter = _load_with_legacy_names(PeftModel.load_adapter)
     try:
         AutoConfig.register(VisionLoraConfig.model_type, VisionLoraConfig)
         AutoModelForImageClassification.register(VisionLoraConfig, VisionLoraForImageClassification)
