@@ -14,9 +14,9 @@ import pytest
 from demo_helpers import free_port
 from gradio_client import Client, handle_file
 
+from peft_vision_lora import hub
 from peft_vision_lora.cli import main
 from peft_vision_lora.demo import space
-from peft_vision_lora.training import hub
 
 
 def test_written_app_runs_the_demo_against_the_folder(tiny_adapters, tmp_path):
