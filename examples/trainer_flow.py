@@ -9,7 +9,8 @@ metrics, the recipe's callbacks and a folder that the stock pipeline opens.
 
 Every ``transformers.TrainingArguments`` flag works; the defaults are the package's recipe (lr 2e-3, batch 32,
 10% warmup, cosine). Writes ``<output_dir>/adapter`` (``pvl.save_pretrained``: labels, processor, model card) and
-``<output_dir>/peft`` (stock ``PeftModel.save_pretrained``), then classifies a test image with each.
+``<output_dir>/peft`` (stock ``PeftModel.save_pretrained``), reloads the stock one as the notebook does and
+classifies a test image through ``pipeline("image-classification")`` with each.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pvl.save_pretrained(lora_model, out / "adapter", pvl.load_image_processor(flow.model))
     lora_model.save_pretrained(out / "peft")
 
-    # The notebook's inference: PeftConfig -> base model -> PeftModel.from_pretrained; and the stock pipeline.
+    # The notebook's inference: PeftConfig -> base model with the labels -> PeftModel.from_pretrained.
     peft_config = PeftConfig.from_pretrained(out / "peft")
     base = AutoModelForImageClassification.from_pretrained(
         peft_config.base_model_name_or_path,
@@ -126,8 +127,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with torch.no_grad():
         logits = inference_model(**collate([example])).logits[0]
     print(f"PeftModel.from_pretrained({out / 'peft'}): {labels[int(logits.argmax())]}")
-    top = pipeline("image-classification", model=str(out / "adapter"))(eval_split[0]["image"], top_k=1)[0]
+
+    # The stock pipeline opens both folders; the stock one learns its labels (and, where the base ships none, its
+    # image processor) from the caller.
+    image = eval_split[0]["image"]
+    top = pipeline("image-classification", model=str(out / "adapter"))(image, top_k=1)[0]
     print(f"pipeline({out / 'adapter'}): {top['label']} {top['score']:.2f}")
+    classify = pipeline(
+        "image-classification",
+        model=str(out / "peft"),
+        image_processor=pvl.load_image_processor(flow.model),
+        model_kwargs={"id2label": dict(enumerate(labels))},
+    )
+    top = classify(image, top_k=1)[0]
+    print(f"pipeline({out / 'peft'}): {top['label']} {top['score']:.2f}")
     return metrics
 
 

@@ -79,7 +79,8 @@ def _notebook_reload(folder: Path, labels: list[str]) -> PeftModel:
 
 
 def _check_folders(out: Path, labels: list[str], images: list[PIL.Image.Image], size: int) -> None:
-    """Both saved folders hold the trained model: the stock reload, ``pvl.load_model`` and the pipeline agree."""
+    """Both saved folders hold the trained model: the notebook's reload, ``pvl.load_model`` and the pipeline on
+    either folder agree."""
     stock = _notebook_reload(out / "peft", labels)
     assert stock.peft_config["default"].target_modules == {"q_proj", "v_proj"}  # saved under 5.x names
     transform = pvl.ImageTransforms.from_pretrained(out / "adapter")
@@ -89,9 +90,16 @@ def _check_folders(out: Path, labels: list[str], images: list[PIL.Image.Image], 
         expected = stock(pixel_values=pixels).logits
         ours = pvl.load_model(out / "adapter")(pixel_values=pixels).logits
     assert (ours - expected).abs().max() <= 1e-4
-    predictions = pipeline("image-classification", model=str(out / "adapter"))(images, top_k=1)
-    assert [p[0]["label"] for p in predictions] == [labels[i] for i in expected.argmax(-1).tolist()]
-    assert [p[0]["score"] for p in predictions] == pytest.approx(expected.softmax(-1).amax(-1).tolist(), abs=1e-4)
+    stock_pipeline = pipeline(
+        "image-classification",
+        model=str(out / "peft"),
+        image_processor=pvl.load_image_processor(out / "adapter"),
+        model_kwargs={"id2label": dict(enumerate(labels))},
+    )
+    for classify in (pipeline("image-classification", model=str(out / "adapter")), stock_pipeline):
+        predictions = classify(images, top_k=1)
+        assert [p[0]["label"] for p in predictions] == [labels[i] for i in expected.argmax(-1).tolist()]
+        assert [p[0]["score"] for p in predictions] == pytest.approx(expected.softmax(-1).amax(-1).tolist(), abs=1e-4)
 
 
 def test_example_trains_saves_and_reloads_with_stock_loaders(tiny, tmp_path):
