@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForImageClassification,
@@ -47,6 +48,13 @@ def _colour_folder(root: Path, per_class: dict[str, int], size: int = 40) -> Pat
                 pixels = np.clip(np.array(colour) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 PIL.Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Trainer sets Accelerate's process-wide state (CPU, no mixed precision); later tests start from a clean one."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")
