@@ -35,8 +35,8 @@ def _names_match(target: str, key: str | None) -> bool:
 
 
 def _linear_names(model: torch.nn.Module, arch: VisionArchitecture) -> str:
-    """The model's Linear modules, named inside one encoder layer (``attention.q_proj``), with their 4.x names."""
-    in_layer = re.compile(rf"(?:^|.*\.){arch.layer_prefix}\d+\.")
+    """The model's Linear modules, named inside one layer (``attention.q_proj``), with their 4.x names."""
+    in_layer = re.compile(r"^(?:.*\.)?\d+\.")  # up to the last layer number
     linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     current = sorted({in_layer.sub("", name) for name in linear})
     old = sorted({in_layer.sub("", key) for key in map(partial(legacy_key, arch), linear) if key} - set(current))
@@ -54,6 +54,7 @@ def _no_match(model: torch.nn.Module, arch: VisionArchitecture, unknown: object,
 def _selects(config, key: str, old_key: str | None) -> bool:
     """Whether PEFT's rules pick the module under its 5.x name or, unless excluded under it, its 4.x name."""
     current = check_target_module_exists(config, key)
+    # PEFT marks a module excluded (exclude_modules, modules_to_save) with a falsy _ExcludedModule: it stays excluded.
     if current or isinstance(current, _ExcludedModule):
         return bool(current)
     return old_key is not None and bool(check_target_module_exists(config, old_key))

@@ -190,12 +190,24 @@ def test_linear_probe_callback_fits_the_head_before_the_first_step(tiny, tmp_pat
         return (logits.argmax(-1) == batch["labels"]).float().mean().item()
 
     before = accuracy()
-    callback.on_train_begin(trainer.args, TrainerState(), TrainerControl(), model=trainer.model)
+    callback.on_step_begin(trainer.args, TrainerState(), TrainerControl(), model=trainer.model)
     assert callback.train_accuracy == pytest.approx(accuracy()) and callback.train_accuracy > before
     assert callback.train_accuracy == 1.0  # the colour classes are linearly separable in any random feature space
     resumed = LinearProbeHeadCallback(eval_data)
-    resumed.on_train_begin(trainer.args, TrainerState(global_step=5), TrainerControl(), model=trainer.model)
+    resumed.on_step_begin(trainer.args, TrainerState(global_step=5), TrainerControl(), model=trainer.model)
     assert resumed.train_accuracy is None  # a resumed run keeps its trained head
+
+
+def test_linear_probe_callback_runs_once_in_training(tiny, tmp_path):
+    vit, data = tiny
+    eval_data = pvl.load_image_dataset(data)["train"].with_transform(pvl.ImageTransforms.from_pretrained(vit))
+    callback = LinearProbeHeadCallback(eval_data)
+    trainer = _trainer(vit, data, tmp_path, [callback], learning_rate=0.0)  # the fitted head stays as fitted
+    trainer.train()
+    batch = collate_fn([eval_data[i] for i in range(len(eval_data))])
+    with torch.no_grad():
+        logits = trainer.model.eval()(pixel_values=batch["pixel_values"]).logits
+    assert callback.train_accuracy == 1.0 == (logits.argmax(-1) == batch["labels"]).float().mean().item()
 
 
 def test_epoch_callback_gives_each_epoch_new_augmentations(tiny):
@@ -205,6 +217,9 @@ def test_epoch_callback_gives_each_epoch_new_augmentations(tiny):
     first = transform({"image": [image]})["pixel_values"]
     EpochCallback(transform).on_epoch_begin(None, TrainerState(epoch=1.0), TrainerControl())
     assert transform.epoch == 1
+    EpochCallback(transform).on_epoch_begin(None, TrainerState(epoch=2.5), TrainerControl())  # resumed mid-epoch
+    assert transform.epoch == 2
+    transform.set_epoch(1)
     assert not torch.equal(transform({"image": [image]})["pixel_values"], first)
 
 

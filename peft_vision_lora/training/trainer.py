@@ -71,17 +71,15 @@ class TokenDropoutCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.dropout = TokenDropout(kwargs["model"], self.keep, seed=args.seed, min_tokens=self.min_tokens)
-        self._forward = state.global_step * args.gradient_accumulation_steps
-
-    def _next_forward(self) -> None:
-        self.dropout.set_batch(self._forward)
-        self._forward += 1
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self._next_forward()
+        # From the state, not a count of calls: Trainer loads a resumed run's state after on_train_begin.
+        self._forward = state.global_step * args.gradient_accumulation_steps
+        self.dropout.set_batch(self._forward)
 
     def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self._next_forward()  # the next micro-batch of a gradient accumulation step
+        self._forward += 1  # the next micro-batch of a gradient accumulation step
+        self.dropout.set_batch(self._forward)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.dropout is not None:
@@ -90,8 +88,8 @@ class TokenDropoutCallback(TrainerCallback):
 
 
 class LinearProbeHeadCallback(TrainerCallback):
-    """LP-FT (``--head_init linear_probe``) under ``Trainer``: before the first step, fit the head by logistic
-    regression on the frozen backbone's features of ``dataset`` (training images with the *eval* transform).
+    """LP-FT (``--head_init linear_probe``) under ``Trainer``: before the first optimizer step, fit the head by
+    logistic regression on the frozen backbone's features of ``dataset`` (training images with the *eval* transform).
 
     Skipped when training resumes from a checkpoint (its head is already trained).
     """
@@ -101,12 +99,15 @@ class LinearProbeHeadCallback(TrainerCallback):
     ) -> None:
         self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
         self.train_accuracy: float | None = None
+        self._done = False
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if state.global_step == 0:
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # Not on_train_begin: Trainer loads a resumed run's state (global_step) after it.
+        if not self._done and state.global_step == 0:
             model = kwargs["model"]
             head = head_module(model)
             self.train_accuracy = fit_linear_head(trainable_linear(head), self._features(model, head))
+        self._done = True
 
     @torch.no_grad()
     def _features(self, model: nn.Module, head: nn.Module) -> FeatureDataset:
@@ -134,4 +135,4 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         for transform in self.transforms:
-            transform.set_epoch(round(state.epoch or 0))
+            transform.set_epoch(int((state.epoch or 0) + 1e-6))  # floor: a resumed run starts mid-epoch
