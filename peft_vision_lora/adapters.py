@@ -146,18 +146,20 @@ def _head_size(shapes: Mapping[str, Sequence[int]], arch: VisionArchitecture) ->
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def stock_classifier_base(path: str | os.PathLike) -> str | None:
+def stock_classifier_base(path: Any) -> str | None:
     """The base of a local adapter folder saved by stock PEFT (no ``config.json``) for a supported family with its
     classification head among the weights; None for any other path. Stock transformers builds such a model with the
     base's head size (and fails to load a saved head of another size); :func:`load_model` reads it off the weights."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
     folder = Path(path)
     if not (folder / ADAPTER_CONFIG).is_file() or (folder / "config.json").exists():
         return None
     base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     try:
         model_type = AutoConfig.from_pretrained(base).model_type if base else None
-    except OSError:
-        return None  # an unreachable base: transformers' own loader reports it
+    except (OSError, ValueError):
+        return None  # an unreachable or unknown base: transformers' own loader reports it
     if model_type not in ARCHITECTURES or not (folder / ADAPTER_WEIGHTS).is_file():
         return None
     with safe_open(folder / ADAPTER_WEIGHTS, framework="pt") as weights:
