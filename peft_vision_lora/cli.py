@@ -3,6 +3,7 @@
 peft-vision-lora train --dataset flowers/ --output_dir out/     # or: peft-vision-lora train config.yaml
 peft-vision-lora push out/ user/flowers-lora [--private]
 peft-vision-lora merge out/ merged/                            # standalone transformers model, no PEFT needed
+peft-vision-lora export merged/ onnx/                          # model.onnx + config.json + preprocessor_config.json
 peft-vision-lora predict out/ photo.jpg [more.jpg ...] [--top_k 3]
 peft-vision-lora evaluate out/ --dataset flowers/ [--split test]    # metrics.json, confusion matrix, mistakes grid
 peft-vision-lora demo out/ [more/ ...] [--host 127.0.0.1] [--port 7860]   # Gradio web page (the demo extra)
@@ -91,6 +92,29 @@ def _merge(argv: list[str]) -> int:
     parser.add_argument("--base_model", default=None, help="Backbone location, if not the one the adapter records.")
     args = parser.parse_args(argv)
     print(merge_adapter(args.adapter, args.out_dir, base_model=args.base_model))
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} export",
+        description="Export a classifier as ONNX: model.onnx (dynamic batch), config.json (labels) and "
+        "preprocessor_config.json, checked against PyTorch with onnxruntime. Needs the onnx extra.",
+    )
+    parser.add_argument("model", help="Merged or fine-tuned model folder, adapter folder (merged first), or Hub id.")
+    parser.add_argument("out_dir", help="Folder the ONNX model, its config and processor are written to.")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version.")
+    args = parser.parse_args(argv)
+    import json
+
+    from .export import ExportError, export_onnx
+
+    try:
+        result = export_onnx(args.model, args.out_dir, opset=args.opset)
+    except (ExportError, FileNotFoundError, ImportError) as error:
+        print(f"{PROG} export: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({"onnx": str(result.folder / "model.onnx"), "max_abs_diff": result.max_abs_diff}))
     return 0
 
 
@@ -184,43 +208,38 @@ def _demo(argv: list[str]) -> int:
 
 def _shard(argv: list[str]) -> int:
     import json
+    from dataclasses import asdict
 
-    from .data.shard_writer import write_shards
+    from transformers import HfArgumentParser
 
-    parser = argparse.ArgumentParser(
+    from .data.shard_writer import ShardOptions, write_shards
+
+    parser = HfArgumentParser(
+        ShardOptions,
         prog=f"{PROG} shard",
         description="Write a dataset as WebDataset tar shards (<split>-NNNNNN.tar of <key>.jpg|png|webp + <key>.cls), "
         "labels.txt and shards.json, in a seeded order; train on them with --dataset OUT (or the printed pattern).",
     )
     parser.add_argument("source", help="Anything load_image_dataset reads (image folder, reference layout, Hub id).")
     parser.add_argument("out_dir", help="Folder the shards, labels.txt and shards.json are written to.")
-    parser.add_argument("--shard_size", type=int, default=1000, help="Samples per shard.")
-    parser.add_argument(
-        "--max_side", type=int, default=None, help="Shrink images whose longer side exceeds this (re-encoded JPEG)."
-    )
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
     parser.add_argument("--dataset_format", default=None, help="Dataset layout, when it is not detected.")
     parser.add_argument(
         "--on_bad_image", choices=("skip", "error"), default="skip", help="Unreadable images: leave out, or stop."
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the order samples are written in.")
-    args = parser.parse_args(argv)
     try:
+        options, rest = parser.parse_args_into_dataclasses(argv)
         manifest = write_shards(
-            args.source,
-            args.out_dir,
-            shard_size=args.shard_size,
-            max_side=args.max_side,
-            quality=args.quality,
-            format=args.dataset_format,
-            on_bad_image=args.on_bad_image,
-            seed=args.seed,
+            rest.source,
+            rest.out_dir,
+            format=rest.dataset_format,
+            on_bad_image=rest.on_bad_image,
+            **asdict(options),
         )
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"{PROG} shard: error: {error}", file=sys.stderr)
         return 1
     for split, info in manifest["splits"].items():
-        print(json.dumps({"split": split, "pattern": f"{args.out_dir}/{info['pattern']}", **info}))
+        print(json.dumps({"split": split, "pattern": f"{rest.out_dir}/{info['pattern']}", **info}))
     return 0
 
 
@@ -229,6 +248,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "train": ("Fine-tune a vision transformer (LoRA, full or linear probe) on an image dataset.", _train),
     "push": ("Upload an adapter folder to the Hugging Face Hub.", _push),
     "merge": ("Merge an adapter into its backbone: a standalone transformers model folder.", _merge),
+    "export": ("Export a classifier folder as ONNX (model, labels, processor), checked with onnxruntime.", _export),
     "predict": ("Classify image files with an adapter or model folder (JSON lines).", _predict),
     "evaluate": ("Evaluate a trained folder on a dataset split (metrics, confusion matrix, mistakes grid).", _evaluate),
     "shard": ("Write a dataset as WebDataset tar shards for streaming training.", _shard),
