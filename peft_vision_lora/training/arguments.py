@@ -219,7 +219,7 @@ class TrainingArguments:
         default=100,
         metadata={
             "help": "Floor of optimizer steps: a small dataset trains for more epochs than --num_train_epochs until "
-            "it reaches this many steps. Ignored with --max_steps."
+            "it reaches this many steps, but never more than 5 epochs. Ignored with --max_steps and --time_budget."
         },
     )
     token_keep: float = field(
@@ -276,7 +276,11 @@ class TrainingArguments:
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with loss scaling (GPU)."})
     eval_strategy: Literal["no", "steps", "epoch"] | None = field(
         default=None,
-        metadata={"help": "When to evaluate: no, steps, epoch. Default: steps if --eval_steps, else epoch."},
+        metadata={
+            "help": "When to evaluate during training: no, steps, epoch. Default: steps if --eval_steps; else epoch "
+            "when there is a validation split (it selects the best weights), else no: the test split is evaluated "
+            "once, at the end (watching it during training would cost time and select nothing)."
+        },
     )
     eval_steps: float | None = field(
         default=None,
@@ -348,14 +352,15 @@ class TrainingArguments:
             raise ValueError(f"--report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
-        self.eval_strategy = self.eval_strategy or ("steps" if self.eval_steps else "epoch")
+        self.eval_strategy = self.eval_strategy or ("steps" if self.eval_steps else None)  # None: by the data
         self.save_strategy = self.save_strategy or ("steps" if self.save_steps else "epoch")
         if self.eval_steps is not None and self.eval_steps >= 1:
             if self.eval_steps != int(self.eval_steps):
                 raise ValueError(f"--eval_steps must be whole steps or a fraction below 1, got {self.eval_steps}.")
             self.eval_steps = int(self.eval_steps)
         for kind in ("eval", "save"):
-            if getattr(self, f"{kind}_strategy") not in STRATEGIES:
+            strategy = getattr(self, f"{kind}_strategy")
+            if strategy not in STRATEGIES and not (kind == "eval" and strategy is None):
                 raise ValueError(f"--{kind}_strategy must be one of {', '.join(STRATEGIES)}.")
             if getattr(self, f"{kind}_strategy") == "steps" and not getattr(self, f"{kind}_steps"):
                 raise ValueError(f"--{kind}_strategy steps needs --{kind}_steps N.")

@@ -40,7 +40,7 @@ from .arguments import (
 from .checkpointing import TrainerState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .choose_parts import choose_parts
 from .clock import PhaseClock
-from .data import check_same_classes, choose_eval_splits
+from .data import check_same_classes, choose_eval_splits, resolve_eval_strategy
 from .inputs import build_mixup, eval_loaders, load_run_data, step_inputs, stream_summary, train_batches
 from .launch import check_launch
 from .model import base_checkpoint, build_run_model
@@ -125,7 +125,8 @@ class Trainer:
         eval_tf = ImageTransforms.from_processor(self.processor, train=False)
         mixup = build_mixup(len(self.data.labels), data_args, training_args)
         self.smoothing = 0.0 if mixup else training_args.label_smoothing  # Mixup's soft targets carry the smoothing
-        splits = [s for s in choose_eval_splits(self.data.splits, training_args.eval_strategy) if s]
+        self.eval_strategy = resolve_eval_strategy(training_args.eval_strategy, self.data.splits)
+        splits = [s for s in choose_eval_splits(self.data.splits, self.eval_strategy) if s]
         inputs = step_inputs(
             self.model,
             self.data,
@@ -158,7 +159,7 @@ class Trainer:
         self.validation = Validation(
             self.model, self.step_model, dict(zip(inputs.eval_loaders, loaders)), accelerator, self.data.labels,
             parts=self.parts, clock=self.clock, log=self.log, state=self.state, output_dir=self.output_dir,
-            splits=choose_eval_splits(self.data.splits, training_args.eval_strategy),
+            splits=choose_eval_splits(self.data.splits, self.eval_strategy),
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------ setup
@@ -331,7 +332,7 @@ class Trainer:
             )
             progress.set_postfix(loss=f"{loss:.4f}")
         eval_every = steps_every(args.eval_steps, self.total_steps)
-        if self.validation.eval_split and (_due(args.eval_strategy, eval_every, step, epoch_done) or last):
+        if self.validation.eval_split and (_due(self.eval_strategy, eval_every, step, epoch_done) or last):
             self.validation.validate(self.training_seconds)
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
             self.state.data_state = self.train_data.gather_state()  # a stream's position in every process
