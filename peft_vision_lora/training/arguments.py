@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -222,6 +223,14 @@ class TrainingArguments:
             "it reaches this many steps, but never more than 5 epochs. Ignored with --max_steps and --time_budget."
         },
     )
+    time_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "Wall-clock budget of the whole run (seconds, or e.g. 90s, 5m, 1h30m), start-up, evaluations and "
+            "outputs included: the run times its own steps and evaluations, then trains as many steps as end inside "
+            "it (the plan is printed and kept on resume). Replaces --num_train_epochs and --min_steps."
+        },
+    )
     token_keep: float = field(
         default=0.5,
         metadata={
@@ -333,6 +342,10 @@ class TrainingArguments:
             raise ValueError(f"--token_keep_min must be >= 1, got {self.token_keep_min}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+            if self.max_steps > 0:
+                raise ValueError("--time_budget and --max_steps both set the run's length: give one.")
         if self.min_steps < 0:
             raise ValueError(f"--min_steps must be >= 0, got {self.min_steps}.")
         if not 0 <= self.label_smoothing < 1:
@@ -371,6 +384,30 @@ def steps_every(every: float | None, total_steps: int) -> int | None:
     if every is None or every >= 1:
         return every
     return max(1, math.ceil(round(total_steps * every, 6)))  # rounded first: 0.1 * 30 is 3.0000000000000004
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``300``, ``300s``, ``5m``, ``1h30m`` or ``1.5h``."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        spec = str(text).strip().lower().replace(" ", "")
+        try:
+            seconds = float(spec)
+        except ValueError:
+            parts = _DURATION.findall(spec)
+            if not parts or "".join(n + u for n, u in parts) != spec:
+                raise ValueError(
+                    f"--time_budget must be seconds or a duration such as 90s, 5m, 1h30m; got {text!r}."
+                ) from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"--time_budget must be positive, got {text!r}.")
+    return seconds
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

@@ -96,7 +96,7 @@ class StepPlan:
     steps_per_epoch: int
     total_steps: int
     num_epochs: int
-    reason: str = "epochs"  # epochs, max_steps, floor (--min_steps), budget (--time_budget)
+    reason: str = "epochs"  # epochs, max_steps, floor (--min_steps), budget[-provisional] (--time_budget)
 
     @property
     def epochs(self) -> float:

@@ -22,7 +22,11 @@ def recipe_line(
     """``Recipe: lora qkv r=8, lr 0.002, batch 32, 100 steps = 4.5 epochs, 112 px, ...``; ``parts`` is what the
     run's optional parts add (token dropout, LP-FT, EMA)."""
     total = plan.total_steps
-    why = {"floor": " (the --min_steps floor)", "budget": " (to fit --time_budget)"}.get(plan.reason, "")
+    why = {
+        "floor": " (the --min_steps floor)",
+        "budget": " (to fit --time_budget)",
+        "budget-provisional": " (until --time_budget has timed the run)",
+    }.get(plan.reason, "")
     schedule = data_args.resolution_schedule
     line = [
         model_args.method
