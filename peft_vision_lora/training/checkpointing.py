@@ -52,8 +52,10 @@ class TrainerState:
     best_loss: float | None = None
     best_step: int | None = None
     labels: list[str] = field(default_factory=list)
-    # Iterable data: each process's stream position (training/streams.py), in process order; None for map-style.
+    # Iterable data: each process's stream position (training/stream_data.py), in process order; None for map-style.
     data_state: list[dict[str, Any]] | None = None
+    # --time_budget's plan (training/budget.py), kept so that a resumed run trains the same steps and schedule.
+    budget: dict[str, Any] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -264,3 +266,13 @@ def save_best(output_dir: str | os.PathLike, model: nn.Module, *, step: int, met
 
 def best_model_path(output_dir: str | os.PathLike) -> Path:
     return checkpoint_root(output_dir) / BEST_FILE
+
+
+def stop_message(what: str, state: TrainerState, output_dir: Path, resume: Path | None, *, fp16: bool) -> str:
+    """Why a run stopped at the coming step, and how to continue from its last good checkpoint."""
+    where = f"{what} at step {state.global_step + 1} (epoch {state.epoch}); stopped without applying it."
+    advice = "lower --learning_rate" + (" or use --bf16 instead of --fp16" if fp16 else "")
+    last = (list_checkpoints(output_dir) or [resume])[-1]
+    if last is None:
+        return f"{where} No checkpoint yet: {advice}."
+    return f"{where} The last good checkpoint is {last}: {advice} and continue with --resume_from_checkpoint latest."

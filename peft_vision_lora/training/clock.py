@@ -55,6 +55,10 @@ class PhaseClock:
             self._switch(previous)
             self.last[name] = time.perf_counter() - started
 
+    def elapsed(self) -> float:
+        """Seconds since the origin: the whole run so far."""
+        return time.perf_counter() - self.start
+
     def total(self, name: str) -> float:
         """Seconds spent in phase ``name`` so far, the running span included."""
         running = time.perf_counter() - self.since if self.current == name else 0.0

@@ -37,10 +37,11 @@ from .arguments import (
     steps_every,
     to_command,
 )
-from .checkpointing import TrainerState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .budget import BudgetPlan, budget_parts, budget_plan
+from .checkpointing import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint, stop_message
 from .choose_parts import choose_parts
 from .clock import PhaseClock
-from .data import check_same_classes, choose_eval_splits
+from .data import check_same_classes, choose_eval_splits, resolve_eval_strategy
 from .inputs import build_mixup, eval_loaders, load_run_data, step_inputs, stream_summary, train_batches
 from .launch import check_launch
 from .model import base_checkpoint, build_run_model
@@ -125,12 +126,13 @@ class Trainer:
         eval_tf = ImageTransforms.from_processor(self.processor, train=False)
         mixup = build_mixup(len(self.data.labels), data_args, training_args)
         self.smoothing = 0.0 if mixup else training_args.label_smoothing  # Mixup's soft targets carry the smoothing
-        splits = [s for s in choose_eval_splits(self.data.splits, training_args.eval_strategy) if s]
+        self.eval_strategy = resolve_eval_strategy(training_args.eval_strategy, self.data.splits)
+        eval_splits = choose_eval_splits(self.data.splits, self.eval_strategy)  # (watched during training, test)
         inputs = step_inputs(
             self.model,
             self.data,
             train_batches(self.data, train_tf, accelerator, data_args, training_args, mixup),
-            eval_loaders(self.data, splits, eval_tf, accelerator, training_args),
+            eval_loaders(self.data, [s for s in eval_splits if s], eval_tf, accelerator, training_args),
             eval_tf, accelerator, self.clock, model_args, data_args, training_args,
         )  # fmt: skip
         self.train_data, self.cache_s = inputs.train, inputs.cache_s
@@ -141,6 +143,7 @@ class Trainer:
             max_steps=training_args.max_steps,
             min_steps=training_args.min_steps,
         )
+        self.plan = budget_plan(self.plan, training_args.time_budget, self.resume)
         self.optimizer, self.scheduler = self._setup_optimization()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
         # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
@@ -148,17 +151,21 @@ class Trainer:
             inputs.step_model, self.optimizer, *inputs.eval_loaders.values()
         )
         self.train_data.prepare(accelerator)
+        loaders = dict(zip(inputs.eval_loaders, loaders))
         self.parts = LoopParts(choose_parts(
             self.model, model_args, data_args, training_args, accelerator=accelerator, data=self.data,
             train_data=self.train_data, eval_transforms=eval_tf, image_size=self.image_size,
             num_epochs=self.plan.num_epochs, clock=self.clock, cached=inputs.cache_s is not None,
+        ) + budget_parts(
+            training_args, data_args, plan=self.plan, eval_strategy=self.eval_strategy,
+            clock=self.clock, accelerator=accelerator, step_model=self.step_model, loaders=loaders,
+            eval_split=eval_splits[0], replan=self._replan,
         ))  # fmt: skip
         self.state = self._setup_state()
         self.log = RunLog(accelerator, self.output_dir, self.state, self.plan.steps_per_epoch)
         self.validation = Validation(
-            self.model, self.step_model, dict(zip(inputs.eval_loaders, loaders)), accelerator, self.data.labels,
-            parts=self.parts, clock=self.clock, log=self.log, state=self.state, output_dir=self.output_dir,
-            splits=choose_eval_splits(self.data.splits, training_args.eval_strategy),
+            self.model, self.step_model, loaders, accelerator, self.data.labels, parts=self.parts, clock=self.clock,
+            log=self.log, state=self.state, output_dir=self.output_dir, splits=eval_splits,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------ setup
@@ -191,15 +198,26 @@ class Trainer:
         return resume
 
     def _setup_optimization(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        args, total = self.args, self.plan.total_steps
+        args = self.args
         optimizer = build_optimizer(
             self.model,
             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[self.model_args.method],
             weight_decay=args.weight_decay,
             head_lr=args.head_lr,
         )
+        return optimizer, self._schedule(optimizer)
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        args, total = self.args, self.plan.total_steps
         warmup = warmup_steps(total, warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps)
-        return optimizer, build_scheduler(optimizer, args.lr_scheduler_type, total_steps=total, num_warmup_steps=warmup)
+        return build_scheduler(optimizer, args.lr_scheduler_type, total_steps=total, num_warmup_steps=warmup)
+
+    def _replan(self, budget: BudgetPlan) -> None:
+        """``--time_budget``'s length: the plan, and the schedule rebuilt for it at the current step."""
+        self.plan, self.state.budget = self.plan.with_total(budget.total_steps, "budget"), budget.to_dict()
+        self.scheduler = self._schedule(getattr(self.optimizer, "optimizer", self.optimizer))
+        for _ in range(self.state.global_step):
+            self.scheduler.step()
 
     def _setup_state(self) -> TrainerState:
         """A fresh loop position, or the checkpoint's with everything it restores (weights, optimizer, RNG, parts)."""
@@ -247,7 +265,7 @@ class Trainer:
             runtime_s=runtime, train_s=train_s, data_wait_s=self.clock.tally["data_wait"], cache_s=self.cache_s,
             stream=stream_summary(self.data, self.train_data),
             eval_metrics=eval_metrics, test_metrics=test_metrics,
-        )  # fmt: skip
+        ) | {"time_budget": self.state.budget}  # fmt: skip
         with self.clock.phase("outputs"):
             if accelerator.is_main_process:
                 self._write_outputs(results)
@@ -300,6 +318,9 @@ class Trainer:
                 return
             yield batch
 
+    def _stopped(self, what: str) -> str:
+        return stop_message(what, self.state, self.output_dir, self.resume, fp16=self.args.fp16)
+
     def _training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Forward and backward one batch; returns the gradient norm when it completed an optimizer step."""
         args, accelerator, state, grad_norm = self.args, self.accelerator, self.state, None
@@ -308,13 +329,13 @@ class Trainer:
             logits = self.step_model(**model_inputs(batch), **self.parts.forward_kwargs()).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.smoothing)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(self._stop_message(f"Training loss is {loss.item()}"))
+                raise NonFiniteLossError(self._stopped(f"Training loss is {loss.item()}"))
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(self.step_model.parameters(), args.max_grad_norm or math.inf)
                 # Under fp16 the grad scaler skips steps with inf gradients by design.
                 if not args.fp16 and not torch.isfinite(grad_norm):
-                    raise NonFiniteLossError(self._stop_message(f"Gradient norm is {grad_norm.item()}"))
+                    raise NonFiniteLossError(self._stopped(f"Gradient norm is {grad_norm.item()}"))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.log.add_loss(loss)
@@ -323,7 +344,7 @@ class Trainer:
     def _after_step(self, grad_norm: torch.Tensor, epoch_done: bool, progress: tqdm) -> None:
         """Log, evaluate and checkpoint when due."""
         args, step = self.args, self.state.global_step
-        last = step >= self.total_steps
+        last, progress.total = step >= self.total_steps, self.total_steps  # --time_budget may have set it now
         if step % args.logging_steps == 0 or last:
             loss = self.log.pop_loss()
             self.log.record(
@@ -331,7 +352,7 @@ class Trainer:
             )
             progress.set_postfix(loss=f"{loss:.4f}")
         eval_every = steps_every(args.eval_steps, self.total_steps)
-        if self.validation.eval_split and (_due(args.eval_strategy, eval_every, step, epoch_done) or last):
+        if self.validation.eval_split and (_due(self.eval_strategy, eval_every, step, epoch_done) or last):
             self.validation.validate(self.training_seconds)
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
             self.state.data_state = self.train_data.gather_state()  # a stream's position in every process
@@ -340,16 +361,6 @@ class Trainer:
                 state=self.state, total_limit=args.save_total_limit, parts=self.parts.checkpoint_tensors(),
             )  # fmt: skip
 
-    def _stop_message(self, what: str) -> str:
-        where = f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch}); stopped without applying it."
-        advice = "lower --learning_rate" + (" or use --bf16 instead of --fp16" if self.args.fp16 else "")
-        last = (list_checkpoints(self.output_dir) or [self.resume])[-1]
-        if last is None:
-            return f"{where} No checkpoint yet: {advice}."
-        return (
-            f"{where} The last good checkpoint is {last}: {advice} and continue with --resume_from_checkpoint latest."
-        )
-
     # ------------------------------------------------------------------------------------------- logging, results
 
     @property
@@ -357,15 +368,6 @@ class Trainer:
         """Seconds of this run's training so far, evaluations excluded (LP-FT head fitting and feature caching
         included): what the ``train_s`` of each evaluation in the log and in ``metrics.json`` measures."""
         return (self.cache_s or 0.0) + self.clock.total("linear_probe") + self.clock.total("train")
-
-    @property
-    def eval_s(self) -> float:
-        """Seconds spent evaluating, which :attr:`training_seconds` leaves out."""
-        return self.clock.total("eval")
-
-    @property
-    def last_eval_s(self) -> float:
-        return self.clock.last.get("eval", 0.0)
 
     def recipe(self) -> str:
         """The choices this run trains with, in one line (printed at start, where defaults were resolved)."""
@@ -377,19 +379,13 @@ class Trainer:
     def _write_outputs(self, results: dict[str, Any]) -> None:
         """The run folder (main process only), then the Hub."""
         write_run_folder(
-            self.output_dir,
-            self.model,
-            self.processor,
-            results,
-            self.state.log_history,
-            command=self.command,
+            self.output_dir, self.model, self.processor, results, self.state.log_history, command=self.command,
             dataset=self.data.dataset_id,
-        )
+        )  # fmt: skip
         if self.args.push_to_hub:
+            args = self.args
             message = f"Train {self.model_args.method} on {self.data.source_name} with peft_vision_lora"
-            url = push_to_hub(
-                self.output_dir, self.args.hub_model_id, private=self.args.hub_private, commit_message=message
-            )
+            url = push_to_hub(self.output_dir, args.hub_model_id, private=args.hub_private, commit_message=message)
             logger.info("Pushed %s to %s", self.output_dir, url, main_process_only=True)
 
 

@@ -22,7 +22,11 @@ def recipe_line(
     """``Recipe: lora qkv r=8, lr 0.002, batch 32, 100 steps = 4.5 epochs, 112 px, ...``; ``parts`` is what the
     run's optional parts add (token dropout, LP-FT, EMA)."""
     total = plan.total_steps
-    floor = " (the --min_steps floor)" if args.max_steps <= 0 and total == args.min_steps else ""
+    why = {
+        "floor": " (the --min_steps floor)",
+        "budget": " (to fit --time_budget)",
+        "budget-provisional": " (until --time_budget has timed the run)",
+    }.get(plan.reason, "")
     schedule = data_args.resolution_schedule
     line = [
         model_args.method
@@ -30,7 +34,7 @@ def recipe_line(
         + (f" on the last {model_args.lora_layers} layers" if model_args.lora_layers else ""),
         f"lr {args.learning_rate or DEFAULT_LEARNING_RATES[model_args.method]:g}",
         f"batch {global_batch_size}",
-        f"{total} steps = {plan.epochs:.1f} epochs{floor}"
+        f"{total} steps = {plan.epochs:.1f} epochs{why}"
         if not math.isnan(plan.epochs)
         else f"{total} steps of a stream of unknown length",
         f"{image_size} px" + (f" after {'/'.join(map(str, schedule[:-1]))}" if schedule else ""),
