@@ -3,9 +3,10 @@
 The run times an evaluation batch before it trains and its optimizer steps 2 and 3 (the first one warms up), then
 :func:`plan_budget` picks the number of steps so that everything left (the remaining steps, the evaluations they
 trigger, the final evaluation and the outputs) ends inside the budget counted from the start of the process. The
-learning-rate schedule is rebuilt for that length. The plan is stored in checkpoints, so a resumed run keeps it
-rather than measuring again. The recipe does not change with the budget: only the run's length does, so more time
-never means a different (possibly worse) recipe, only more steps of the same one.
+learning-rate schedule is rebuilt for that length. Each tenth of the budget the run times its recent steps and plans
+again (a shared machine's speed drifts), until four fifths of the budget are spent. The plan is stored in
+checkpoints, so a resumed run keeps it rather than measuring again. The recipe does not change with the budget: only
+the run's length does, so more time never means a different (possibly worse) recipe, only more steps of the same one.
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ from .parts import LoopPart
 # a few seconds on CPU. Held back from every budget, with a share of the budget for the noise of a shared machine.
 OUTPUTS_RESERVE_S = 3.0
 NOISE_RESERVE = 0.03
+# An evaluation costs its forward passes plus a fixed part (loader start, metrics): about 20 ms on a tiny model.
+EVAL_OVERHEAD_S = 0.05
 
 
 TIMED_STEPS = 2  # steps timed after the first one (which warms up) before the length is planned
+# A shared machine's speed drifts: a fresh run measures its recent steps again and re-plans each tenth of the budget,
+# until four fifths of it are spent. A resumed run keeps its checkpoint's plan (its schedule is the one saved).
+REPLAN_EVERY, LAST_PLAN, RECENT_STEPS = 0.1, 0.8, 5
 
 
 class BudgetError(ValueError):
@@ -48,6 +54,7 @@ class BudgetPlan:
 
     budget_s: float
     elapsed_s: float  # from process start to the moment of planning
+    steps_done: int  # optimizer steps done at that moment
     step_s: float  # one optimizer step, measured
     eval_s: float  # one evaluation of the watched split, estimated from a measured batch
     final_s: float  # the final evaluations (best weights, test) and the outputs
@@ -58,7 +65,7 @@ class BudgetPlan:
         return (
             f"Time budget {self.budget_s:.0f}s: {self.total_steps} steps of {self.step_s:.2f}s, "
             f"{self.evaluations} evaluations of {self.eval_s:.1f}s, {self.final_s:.0f}s for the final evaluation and "
-            f"outputs, {self.elapsed_s:.0f}s already spent"
+            f"outputs, {self.elapsed_s:.0f}s spent on the first {self.steps_done}"
         )
 
     def to_dict(self) -> dict[str, float | int]:
@@ -90,7 +97,7 @@ def plan_budget(
     usable = budget_s * keep - OUTPUTS_RESERVE_S - elapsed_s - final_s
 
     def cost(total: int) -> float:
-        return (total - steps_done) * step_s + evaluations_until(total) * eval_s
+        return (total - steps_done) * step_s + (evaluations_until(total) - evaluations_until(steps_done)) * eval_s
 
     # The cost grows with the step count: binary search for the last count that fits.
     low, high = steps_done, steps_done + max(1, math.floor(max(usable, 0) / step_s))
@@ -104,7 +111,7 @@ def plan_budget(
             f"outputs {final_s + OUTPUTS_RESERVE_S:.0f}s, and {elapsed_s:.0f}s went to start-up. Give at least "
             f"{math.ceil((elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / keep)}s."
         )
-    return BudgetPlan(budget_s, elapsed_s, step_s, eval_s, final_s, low, evaluations_until(low))
+    return BudgetPlan(budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, low, evaluations_until(low))
 
 
 class TimeBudget(LoopPart):
@@ -131,10 +138,15 @@ class TimeBudget(LoopPart):
         self.budget_s, self.planned, self.clock, self.accelerator = budget_s, planned, clock, accelerator
         self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
         self.evaluations_until, self.replan = evaluations_until, replan
-        self.batch_s, self.timer = 0.0, (0, 0.0)  # (step, perf_counter) where step timing started
+        self.batch_s = 0.0
+        # (step, time, evaluation seconds) where the timing of all steps and of the recent ones started
+        self.since_start: tuple[int, float, float] | None = None
+        self.recent: tuple[int, float, float] = (0, 0.0, 0.0)
+        self.plan: BudgetPlan | None = None
+        self.done = planned
 
     def recipe(self) -> str:
-        planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps)"
+        planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps, checked as it runs)"
         return f"--time_budget {self.budget_s:.0f}s{planned}"
 
     def begin(self, resumed: bool) -> None:
@@ -159,23 +171,36 @@ class TimeBudget(LoopPart):
         return seconds[-1] if seconds else 0.0
 
     def after_step(self, step: int) -> None:
-        if self.planned:
+        if self.done:
             return
-        first, started = self.timer
-        if not first:  # the first step warms up: time the next ones
-            self.timer = (step, time.perf_counter())
-        elif step - first == TIMED_STEPS:
-            self.replan(self._plan((time.perf_counter() - started) / TIMED_STEPS, step))
-            self.planned = True
+        now, eval_s = time.perf_counter(), self.clock.total("eval")
+        if not self.since_start:  # the first step warms up: time the next ones
+            self.since_start = self.recent = (step, now, eval_s)
+            return
+        first, started, _ = self.recent
+        if step - first < TIMED_STEPS or (self.plan and now - started < REPLAN_EVERY * self.budget_s):
+            return
+        # Seconds per step, evaluations left out (the plan counts them apart): over the whole run so far, or over
+        # the recent steps when the machine got slower (a few recent steps alone are too noisy to speed up on).
+        rates = [
+            (now - start - (eval_s - evals)) / (step - begin)
+            for begin, start, evals in (self.since_start, self.recent)
+            if step - begin >= (TIMED_STEPS if begin == self.since_start[0] else RECENT_STEPS)
+        ]
+        self.plan = self._plan(max(rates), step)
+        self.replan(self.plan)
+        # The last plan is made with a fifth of the budget left, so that what follows it runs as planned.
+        self.done = self.plan.total_steps <= step or self.clock.elapsed() > LAST_PLAN * self.budget_s
+        self.recent = (step, time.perf_counter(), self.clock.total("eval"))
 
     def _plan(self, step_s: float, steps_done: int) -> BudgetPlan:
         """The plan, made by the main process and sent to all, so that every process trains the same steps."""
         plan: list[BudgetPlan | BudgetError | None] = [None]
         if self.accelerator.is_main_process:
-            eval_s = self.batch_s * len(self.loaders[self.eval_split]) if self.eval_split else 0.0
+            cost = {split: EVAL_OVERHEAD_S + self.batch_s * len(loader) for split, loader in self.loaders.items()}
+            eval_s = cost[self.eval_split] if self.eval_split else 0.0
             # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
-            final_s = self.batch_s * sum(len(loader) for loader in self.loaders.values())
-            final_s += eval_s if self.eval_split == "validation" else 0.0
+            final_s = sum(cost.values()) + (eval_s if self.eval_split == "validation" else 0.0)
             try:
                 plan[0] = plan_budget(
                     self.budget_s,
@@ -186,8 +211,11 @@ class TimeBudget(LoopPart):
                     final_s=final_s,
                     evaluations_until=self.evaluations_until,
                 )
-            except BudgetError as error:
-                plan[0] = error
+            except BudgetError as error:  # refused at the first plan; later, the run is out of time: it ends now
+                ended = BudgetPlan(
+                    self.budget_s, self.clock.elapsed(), steps_done, step_s, eval_s, final_s, steps_done, 0
+                )
+                plan[0] = error if self.plan is None else ended
         broadcast_object_list(plan)
         if isinstance(plan[0], BudgetError):
             raise plan[0]

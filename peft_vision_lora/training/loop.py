@@ -215,6 +215,7 @@ class Trainer:
     def _replan(self, budget: BudgetPlan) -> None:
         """``--time_budget``'s length: the plan, and the schedule rebuilt for it at the current step."""
         self.plan, self.state.budget = self.plan.with_total(budget.total_steps, "budget"), budget.to_dict()
+        self.log.record({"planned_steps": budget.total_steps, "planned_step_s": round(budget.step_s, 4)})
         self.scheduler = self._schedule(getattr(self.optimizer, "optimizer", self.optimizer))
         for _ in range(self.state.global_step):
             self.scheduler.step()

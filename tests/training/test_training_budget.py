@@ -1,8 +1,11 @@
 """--time_budget planning: durations, the step count that fits, and the refusal that names the measured times."""
 
+import json
 import math
+import shutil
 
 import pytest
+from training_helpers import adapter_difference
 
 from peft_vision_lora.training.budget import (
     NOISE_RESERVE,
@@ -12,6 +15,7 @@ from peft_vision_lora.training.budget import (
     parse_duration,
     plan_budget,
 )
+from peft_vision_lora.training.checkpointing import TrainerState, list_checkpoints
 
 
 @pytest.mark.parametrize(
@@ -66,3 +70,65 @@ def test_budget_too_small_names_the_step_time():
 def test_steps_already_done_count_as_done():
     plan = plan_budget(100, elapsed_s=50, steps_done=40, step_s=1.0, eval_s=0, final_s=0, evaluations_until=lambda n: 0)
     assert plan.total_steps == 40 + math.floor(100 * (1 - NOISE_RESERVE) - OUTPUTS_RESERVE_S - 50)
+
+
+# ------------------------------------------------------------------------------------------------ in the loop
+
+
+def budget_run(model, data, out, *flags):
+    from peft_vision_lora.training import parse_args, train
+
+    base = ["--model", str(model), "--dataset", str(data), "--output_dir", str(out), "--disable_tqdm"]
+    return train(*parse_args([*base, "--per_device_train_batch_size", "4", *flags]))
+
+
+def test_time_budget_sets_the_length_and_ends_inside_it(tiny_vit, tiny_data, tmp_path, capsys):
+    budget = 12
+    metrics = budget_run(tiny_vit, tiny_data, tmp_path / "out", "--time_budget", str(budget), "--logging_steps", "1")
+    plan = metrics["time_budget"]
+    assert plan["budget_s"] == budget and plan["step_s"] > 0 and plan["eval_s"] > 0  # validation evaluated per epoch
+    assert metrics["total_steps"] == plan["total_steps"] > 3  # more than the steps that were timed
+    # The plan fills the budget with what it measured (the planning rule), and the run ends near it: the machine is
+    # shared, so the wall time gets a wide margin; a plan off by the step time's order of magnitude would not pass.
+    planned = plan["elapsed_s"] + plan["final_s"] + (plan["total_steps"] - plan["steps_done"]) * plan["step_s"]
+    assert planned <= budget or plan["total_steps"] == plan["steps_done"]  # or, late, it ran out of time: ended
+    assert metrics["phases"]["total_s"] <= budget * 2
+    printed = capsys.readouterr().out
+    assert "until --time_budget has timed the run" in printed
+    assert f"Time budget {budget}s: {plan['total_steps']} steps" in printed
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert max(e["step"] for e in log) == plan["total_steps"]
+    # The schedule was rebuilt for the planned length: warmup, then a cosine decay ending near zero.
+    lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
+    assert lrs[-1] < 0.05 * max(lrs)
+
+
+def test_time_budget_too_small_stops_naming_the_step_time(tiny_vit, tiny_data, tmp_path):
+    with pytest.raises(BudgetError, match=r"--time_budget 1s cannot hold .* one step takes \d+\.\d\ds"):
+        budget_run(tiny_vit, tiny_data, tmp_path / "out", "--time_budget", "1s")
+
+
+def test_time_budget_refuses_what_fixes_the_length(tiny_vit, tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="--time_budget and --max_steps"):
+        budget_run(tiny_vit, tiny_data, tmp_path / "a", "--time_budget", "60", "--max_steps", "5")
+    with pytest.raises(ValueError, match="--resolution_schedule .* --time_budget"):
+        budget_run(tiny_vit, tiny_data, tmp_path / "b", "--time_budget", "60", "--resolution_schedule", "16", "32")
+
+
+def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(tiny_vit, tiny_data, tmp_path):
+    flags = ["--time_budget", "10", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1000"]
+    first = budget_run(tiny_vit, tiny_data, tmp_path / "a", *flags)
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    plans = [e for e in log if "planned_steps" in e]  # the first plan at step 3, then a re-plan each second
+    assert plans[0]["step"] == 3 and 1 <= len(plans) <= 9 and plans[-1]["planned_steps"] == first["total_steps"]
+    # The first checkpoint written under the final plan; the run folder as it was then (later checkpoints removed).
+    checkpoint = next(c for c in list_checkpoints(tmp_path / "a") if int(c.name.split("-")[1]) >= plans[-1]["step"])
+    assert TrainerState.load(checkpoint).budget == first["time_budget"]
+    resumed_dir = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", resumed_dir)
+    for later in list_checkpoints(resumed_dir):
+        if later.name != checkpoint.name:
+            shutil.rmtree(later)
+    second = budget_run(tiny_vit, tiny_data, resumed_dir, *flags, "--resume_from_checkpoint", "latest")
+    assert second["time_budget"] == first["time_budget"] and second["total_steps"] == first["total_steps"]
+    assert adapter_difference(tmp_path / "a", resumed_dir) == 0
