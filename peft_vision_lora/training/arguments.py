@@ -216,6 +216,13 @@ class TrainingArguments:
         default=0.0,
         metadata={"help": "Label smoothing of the training loss.", "aliases": ["--label_smoothing_factor"]},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop when this many evaluations in a row did not improve the validation top-1 (or its loss at "
+            "equal top-1); the best weights are kept. Needs a validation split (--val_fraction carves one)."
+        },
+    )
     min_steps: int = field(
         default=100,
         metadata={
@@ -330,7 +337,10 @@ class TrainingArguments:
             raise ValueError("--output_dir must be a folder path.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             _positive(name, getattr(self, name), allow_none=False)
-        for name in ("learning_rate", "head_lr", "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
+        for name in (
+            "learning_rate", "head_lr", "eval_steps", "save_steps", "save_total_limit", "logging_steps",
+            "early_stopping_patience",
+        ):  # fmt: skip
             _positive(name, getattr(self, name))
         if self.max_steps <= 0:
             _positive("num_train_epochs", self.num_train_epochs, allow_none=False)

@@ -51,6 +51,7 @@ class TrainerState:
     best_metric: float | None = None
     best_loss: float | None = None
     best_step: int | None = None
+    evaluations_since_best: int = 0  # --early_stopping_patience counts these
     labels: list[str] = field(default_factory=list)
     # Iterable data: each process's stream position (training/stream_data.py), in process order; None for map-style.
     data_state: list[dict[str, Any]] | None = None

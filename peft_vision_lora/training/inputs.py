@@ -43,6 +43,11 @@ def load_run_data(data_args: DataArguments, args: TrainingArguments, dataset: Da
         seed=args.seed,
         on_bad_image=data_args.on_bad_image,
     )
+    if args.early_stopping_patience and ("validation" not in splits or args.eval_strategy == "no"):
+        raise ValueError(
+            f"--early_stopping_patience watches a validation split, and {source_name} has none evaluated: add "
+            "--val_fraction 0.1 (or a validation/ folder), and no --eval_strategy no."
+        )
     return RunData(splits, class_names(splits, source_name), source_name, dataset_id)
 
 

@@ -266,7 +266,7 @@ class Trainer:
             runtime_s=runtime, train_s=train_s, data_wait_s=self.clock.tally["data_wait"], cache_s=self.cache_s,
             stream=stream_summary(self.data, self.train_data),
             eval_metrics=eval_metrics, test_metrics=test_metrics,
-        ) | {"time_budget": self.state.budget}  # fmt: skip
+        ) | {"steps_done": self.state.global_step, "time_budget": self.state.budget}  # fmt: skip
         with self.clock.phase("outputs"):
             if accelerator.is_main_process:
                 self._write_outputs(results)
@@ -289,7 +289,7 @@ class Trainer:
             disable=args.disable_tqdm or not accelerator.is_local_main_process,
         )
         self.step_model.train()
-        while state.global_step < self.total_steps:
+        while state.global_step < self.total_steps and not self._stopping():
             self.parts.begin_epoch(state.epoch)
             # One epoch of a map-style dataset (from the checkpoint's batch when resuming); a stream never ends.
             for batch in self._timed(self.train_data.epoch(state.epoch, state.batches_in_epoch, accelerator)):
@@ -305,7 +305,7 @@ class Trainer:
                 if epoch_done:
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_step(grad_norm, epoch_done, progress)
-                if state.global_step >= self.total_steps:
+                if state.global_step >= self.total_steps or self._stopping():
                     break
         progress.close()
 
@@ -318,6 +318,9 @@ class Trainer:
             if batch is None:
                 return
             yield batch
+
+    def _stopping(self) -> bool:
+        return self.validation.should_stop(self.args.early_stopping_patience)
 
     def _stopped(self, what: str) -> str:
         return stop_message(what, self.state, self.output_dir, self.resume, fp16=self.args.fp16)

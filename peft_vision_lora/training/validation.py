@@ -57,14 +57,19 @@ class Validation:
         timings = {"train_s": round(train_s, 3), "eval_s": round(self.clock.last["eval"], 3)}
         self.log.record({f"eval_{k}": metrics[k] for k in HEADLINE_METRICS if k in metrics} | timings)
         score = (metrics["top1_accuracy"], -metrics["loss"])  # top-1 first, the loss breaks ties
+        state.evaluations_since_best += 1
         if self.eval_split == "validation" and (
             state.best_metric is None or score > (state.best_metric, -state.best_loss)
         ):
             state.best_metric, state.best_loss = metrics["top1_accuracy"], metrics["loss"]
-            state.best_step = state.global_step
+            state.best_step, state.evaluations_since_best = state.global_step, 0
             if self.accelerator.is_main_process:
                 with self.parts.swapped_in():
                     save_best(self.output_dir, self.model, step=state.global_step, metric=state.best_metric)
+
+    def should_stop(self, patience: int | None) -> bool:
+        """Early stopping: ``patience`` validations in a row without a better score (never on a watched test split)."""
+        return bool(patience) and self.eval_split == "validation" and self.state.evaluations_since_best >= patience
 
     def final(self, train_s: float) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Validation and test metrics of the final model: the best validated weights if there is a validation

@@ -302,3 +302,18 @@ def test_phases_add_up_to_the_whole_run(tiny_vit, tiny_data, tmp_path):
 
 def metrics_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops(tiny_vit, tiny_data, tmp_path):
+    # A learning rate too small to change anything: the second validation is no better than the first.
+    flags = ["--num_train_epochs", "10", "--min_steps", "0", "--per_device_train_batch_size", "4"]
+    flags += ["--learning_rate", "1e-12", "--head_init", "random", "--early_stopping_patience", "1"]
+    metrics = run(tiny_vit, tiny_data, tmp_path / "out", *flags)
+    steps_per_epoch = 24 // 4
+    assert metrics["total_steps"] == 10 * steps_per_epoch and metrics["steps_done"] == 2 * steps_per_epoch
+    assert metrics["best_step"] == steps_per_epoch  # the first validation stays the best
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval_top1_accuracy" in e] == [steps_per_epoch, 2 * steps_per_epoch]
+    with pytest.raises(ValueError, match="--early_stopping_patience watches a validation split.*--val_fraction"):
+        data = make_imagefolder(tmp_path / "no-val", per_class={"train": 4, "test": 2})
+        run(tiny_vit, data, tmp_path / "out2", "--early_stopping_patience", "2")
