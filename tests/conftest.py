@@ -16,6 +16,13 @@ SHARED_VIT = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"
 FLOWERS12 = SHARED / "data" / "flowers12"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the real ViT-S/14 is ``slow``: the quick tier (``-m "not slow"``) never loads a real backbone."""
+    for item in items:
+        if "shared_vit" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")

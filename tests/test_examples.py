@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training.training_helpers import make_imagefolder, make_tiny_vit
+from helpers.training import make_imagefolder, make_tiny_vit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 

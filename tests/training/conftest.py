@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState
-from training_helpers import make_imagefolder, make_tiny_vit
+from helpers.training import make_imagefolder, make_tiny_vit
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from training_helpers import accelerate_launcher, adapter_difference, free_port
+from helpers.training import accelerate_launcher, adapter_difference, free_port
 
 from peft_vision_lora.training import parse_args, train
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from helpers.training import make_imagefolder, make_tiny_vit
 from safetensors.torch import load_file
-from training_helpers import make_imagefolder, make_tiny_vit
 from transformers import AutoModelForImageClassification, ViTImageProcessor, pipeline
 
 from peft_vision_lora.data import ImageTransforms, load_image_dataset

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from peft_vision_lora.testing import TINY_VIT, make_tiny_vit  # noqa: F401  (re-exported for the training tests)
 
+# ``python FREEZE_DRIVER N [examples/train.py options]``: trains, then freezes after N optimizer steps (for SIGKILL).
+FREEZE_DRIVER = Path(__file__).with_name("freeze_after_steps.py")
 CLASSES = ("red", "green", "blue")
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
