@@ -54,8 +54,8 @@ def build_loader(config: dict[str, Any]) -> Any:
     from torch.utils.data import DataLoader
 
     from peft_vision_lora.data import ImageTransforms, Preprocessing, load_image_dataset
-    from peft_vision_lora.data.streaming import shard_source
-    from peft_vision_lora.data.streams import SampleStream, StreamCollate
+    from peft_vision_lora.data.sample_stream import SampleStream, StreamCollate
+    from peft_vision_lora.data.stream_sources import shard_source
     from peft_vision_lora.training.data import train_dataloader
 
     transforms = ImageTransforms(Preprocessing(size=(224, 224)), train=True)
@@ -79,7 +79,7 @@ def endless(loader: Any) -> Any:
 
 
 def work(config: dict[str, Any]) -> dict[str, Any]:
-    import peft_vision_lora.data.streaming  # noqa: F401  (imports are not start-up time)
+    import peft_vision_lora.data.stream_sources  # noqa: F401  (imports are not start-up time)
     import peft_vision_lora.training.data  # noqa: F401
 
     started = time.perf_counter()

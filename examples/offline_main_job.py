@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, pipeline
 
-import peft_vision_lora as pvl
+from peft_vision_lora.offline import ensure_default_backbone, load_fashion_mnist
 from peft_vision_lora.training import DataArguments, ModelArguments, TrainingArguments, train
 
 # Fashion-MNIST is 28 px grayscale: 56 px inputs (4x4 patches of 14 px) keep it quick; flips would swap shoes.
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     job, model_args, data_args, training_args = parser.parse_args_into_dataclasses([*DEFAULT_FLAGS, *argv])
 
     if model_args.model is None:
-        print(f"Default backbone: {pvl.ensure_default_backbone()}")
-    dataset = pvl.load_fashion_mnist(per_class_train=job.per_class_train, per_class_test=job.per_class_test)
+        print(f"Default backbone: {ensure_default_backbone()}")
+    dataset = load_fashion_mnist(per_class_train=job.per_class_train, per_class_test=job.per_class_test)
     command = shlex.join(["python", "examples/offline_main_job.py", *argv])
     metrics = train(model_args, data_args, training_args, dataset=dataset, command=command)
     print(f"Fashion-MNIST test top-1 {metrics['test']['top1_accuracy']:.4f}, adapter in {training_args.output_dir}")

@@ -5,12 +5,28 @@ One writer for both kinds of folder: LoRA adapters and the plain classifiers of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from peft import PeftModel
 from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What a model card says about how the model was made, beyond the model itself."""
+
+    method: str = "lora"  # lora, full or linear
+    metrics: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None  # the training command
+    dataset: str | None = None  # a Hub dataset id or a path, for the card's metadata
+    name: str | None = None  # the folder or Hub id the usage example shows
+
+    def named(self, name: str) -> CardInfo:
+        return self if self.name else replace(self, name=name)
+
 
 TAGS = ["peft", "lora", "peft_vision_lora", "image-classification", "vision-transformer"]
 
@@ -53,16 +69,10 @@ def write_model_card(
     folder: Path,
     model: PeftModel | PreTrainedModel,
     base_model: str | None = None,
-    *,
-    method: str = "lora",
-    metrics: dict[str, Any] | None = None,
-    command: str | None = None,
-    dataset: str | None = None,
-    name: str | None = None,
+    info: CardInfo = CardInfo(),
 ) -> Path:
-    """Write ``folder/README.md`` for a LoRA adapter (a ``PeftModel``) or a plain classifier trained by ``method``
-    (``full`` or ``linear``). ``base_model`` defaults to the model's ``name_or_path``; ``name`` is the folder or
-    Hub id shown in the usage example."""
+    """Write ``folder/README.md`` for a LoRA adapter (a ``PeftModel``) or a plain classifier trained by
+    ``info.method`` (``full`` or ``linear``). ``base_model`` defaults to the model's ``name_or_path``."""
     lora = isinstance(model, PeftModel)
     classifier = model.get_base_model() if lora else model
     base_model = base_model or classifier.name_or_path
@@ -73,24 +83,24 @@ def write_model_card(
         "pipeline_tag": "image-classification",
         "tags": TAGS if lora else [tag for tag in TAGS if tag not in ("peft", "lora")],
     }
-    if dataset:
-        metadata["datasets"] = [dataset]
+    if info.dataset:
+        metadata["datasets"] = [info.dataset]
     registers = "import peft_vision_lora  # registers the adapter format with transformers\n" if lora else ""
     text = [
         f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n",
         f"# {'LoRA image' if lora else 'Image'} classifier on `{base_model}`\n\n",
-        _description(model, method, labels),
-        _results_table(metrics or {}),
+        _description(model, info.method, labels),
+        _results_table(info.metrics),
         f"## Usage\n\n```python\n{registers}from transformers import pipeline\n\n"
-        f'classifier = pipeline("image-classification", model="{name or folder.name}")\n'
+        f'classifier = pipeline("image-classification", model="{info.name or folder.name}")\n'
         'print(classifier("image.jpg", top_k=3))\n```\n\n',
         f"## Labels\n\n{', '.join(f'`{label}`' for label in labels)}\n\n",
         _adapted_modules(model) if lora else "",
     ]
-    if dataset:
-        text.append(f"## Training data\n\n`{dataset}`\n\n")
-    if command:
-        text.append(f"## Training command\n\n```bash\n{command}\n```\n")
+    if info.dataset:
+        text.append(f"## Training data\n\n`{info.dataset}`\n\n")
+    if info.command:
+        text.append(f"## Training command\n\n```bash\n{info.command}\n```\n")
     path = folder / "README.md"
     path.write_text("".join(text), encoding="utf-8")
     return path

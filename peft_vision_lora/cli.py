@@ -38,7 +38,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
-    from .training import HubPushError, push_to_hub
+    from .hub import HubPushError, push_to_hub
 
     parser = argparse.ArgumentParser(
         prog=f"{PROG} push", description="Upload an adapter folder to the Hugging Face Hub."
@@ -81,7 +81,7 @@ def _push_space(args: argparse.Namespace) -> str:
 
 
 def _merge(argv: list[str]) -> int:
-    from .modeling import merge_adapter
+    from .adapters import merge_adapter
 
     parser = argparse.ArgumentParser(prog=f"{PROG} merge", description="Merge an adapter into its backbone.")
     parser.add_argument("adapter", help="Adapter folder or Hub id.")
@@ -111,7 +111,7 @@ def _predict(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     import json
 
-    from .training.evaluate_folder import default_output_dir, evaluate_folder
+    from .evaluation.folder import default_output_dir, evaluate_folder
 
     parser = argparse.ArgumentParser(
         prog=f"{PROG} evaluate",
@@ -182,43 +182,38 @@ def _demo(argv: list[str]) -> int:
 
 def _shard(argv: list[str]) -> int:
     import json
+    from dataclasses import asdict
 
-    from .data.shard_writer import write_shards
+    from transformers import HfArgumentParser
 
-    parser = argparse.ArgumentParser(
+    from .data.shard_writer import ShardOptions, write_shards
+
+    parser = HfArgumentParser(
+        ShardOptions,
         prog=f"{PROG} shard",
         description="Write a dataset as WebDataset tar shards (<split>-NNNNNN.tar of <key>.jpg|png|webp + <key>.cls), "
         "labels.txt and shards.json, in a seeded order; train on them with --dataset OUT (or the printed pattern).",
     )
     parser.add_argument("source", help="Anything load_image_dataset reads (image folder, reference layout, Hub id).")
     parser.add_argument("out_dir", help="Folder the shards, labels.txt and shards.json are written to.")
-    parser.add_argument("--shard_size", type=int, default=1000, help="Samples per shard.")
-    parser.add_argument(
-        "--max_side", type=int, default=None, help="Shrink images whose longer side exceeds this (re-encoded JPEG)."
-    )
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images.")
     parser.add_argument("--dataset_format", default=None, help="Dataset layout, when it is not detected.")
     parser.add_argument(
         "--on_bad_image", choices=("skip", "error"), default="skip", help="Unreadable images: leave out, or stop."
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the order samples are written in.")
-    args = parser.parse_args(argv)
     try:
+        options, rest = parser.parse_args_into_dataclasses(argv)
         manifest = write_shards(
-            args.source,
-            args.out_dir,
-            shard_size=args.shard_size,
-            max_side=args.max_side,
-            quality=args.quality,
-            format=args.dataset_format,
-            on_bad_image=args.on_bad_image,
-            seed=args.seed,
+            rest.source,
+            rest.out_dir,
+            format=rest.dataset_format,
+            on_bad_image=rest.on_bad_image,
+            **asdict(options),
         )
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"{PROG} shard: error: {error}", file=sys.stderr)
         return 1
     for split, info in manifest["splits"].items():
-        print(json.dumps({"split": split, "pattern": f"{args.out_dir}/{info['pattern']}", **info}))
+        print(json.dumps({"split": split, "pattern": f"{rest.out_dir}/{info['pattern']}", **info}))
     return 0
 
 

@@ -19,7 +19,8 @@ from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .modeling import ADAPTER_WEIGHTS, AdapterFolder, load_classifier, read_adapter
+from .adapters import ADAPTER_WEIGHTS, AdapterFolder, read_adapter
+from .modeling import load_classifier
 from .resizing import native_image_size
 
 # The adapter of each image of the forward running in this thread (or asyncio task); None outside our calls.

@@ -41,7 +41,7 @@ class VisionLoraForImageClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        from .modeling import load_model  # modeling imports this module's registrations indirectly
+        from .adapters import load_model  # adapters imports this module's registrations indirectly
 
         classifier = load_model(pretrained_model_name_or_path, merge=True)
         dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")

@@ -94,7 +94,7 @@ def test_save_replaces_atomically(trained, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("peft_vision_lora.modeling.write_model_card", crash)
+    monkeypatch.setattr("peft_vision_lora.adapters.write_model_card", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         pvl.save_pretrained(model, folder)
     assert (folder / "adapter_model.safetensors").read_bytes() == before

@@ -8,9 +8,9 @@ from .images import IMAGE_EXTENSIONS, SAFE_FORMATS, BadImageError, check_image, 
 from .layouts import FLOWERS102_CLASSES, FORMATS, LAYOUTS, LayoutError, load_array_pickle, normalize_columns
 from .loading import BAD_IMAGE_POLICIES, few_shot, load_image_dataset, stratified_split
 from .mixup import MixupCutmix
-from .shard_writer import write_shards
-from .shards import ShardError, expand_pattern, looks_like_shards, read_label_file
-from .streams import SampleStream
+from .sample_stream import SampleStream
+from .shard_reader import ShardError, expand_pattern, looks_like_shards, read_label_file
+from .shard_writer import ShardOptions, write_shards
 from .transforms import ImageTransforms, TransformOptions, normalize_on_device, random_resized_crop_box
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Preprocessing",
     "SampleStream",
     "ShardError",
+    "ShardOptions",
     "TransformOptions",
     "auto_augment",
     "check_image",

@@ -13,6 +13,7 @@ import logging
 import os
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from datasets import Dataset, DatasetDict, Image
 from ..io import atomic_path, make_folder, write_json, write_text
 from .images import open_image, to_rgb, upright
 from .loading import load_image_dataset
-from .shards import MANIFEST, compress_range
-from .streams import seeded_order
+from .sample_stream import seeded_order
+from .shard_reader import MANIFEST, compress_range
 
 logger = logging.getLogger(__name__)
 
@@ -32,34 +33,47 @@ logger = logging.getLogger(__name__)
 _KEPT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
+@dataclass
+class ShardOptions:
+    """How ``write_shards`` cuts and encodes a dataset; the ``shard`` command's options."""
+
+    shard_size: int = field(default=1000, metadata={"help": "Samples per shard."})
+    max_side: int | None = field(
+        default=None, metadata={"help": "Shrink images whose longer side exceeds this (re-encoded JPEG)."}
+    )
+    quality: int = field(default=90, metadata={"help": "JPEG quality of re-encoded images, 1-100."})
+    seed: int = field(default=0, metadata={"help": "Seed of the order samples are written in."})
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ValueError(f"--shard_size must be >= 1, got {self.shard_size}")
+        if self.max_side is not None and self.max_side < 1:
+            raise ValueError(f"--max_side must be >= 1, got {self.max_side}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+
+
 def write_shards(
     source: str | os.PathLike | Dataset | DatasetDict,
     out_dir: str | os.PathLike,
     *,
-    shard_size: int = 1000,
-    max_side: int | None = None,
-    quality: int = 90,
     format: str | None = None,
     on_bad_image: str = "skip",
-    seed: int = 0,
     num_threads: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Write every split of ``source`` as ``out_dir/<split>-NNNNNN.tar`` shards of ``shard_size`` samples
-    (``<key>.<jpg|png|webp>`` + ``<key>.cls``), plus ``labels.txt`` and ``shards.json``; returns the manifest.
+    """Write every split of ``source`` as ``out_dir/<split>-NNNNNN.tar`` shards (``<key>.<jpg|png|webp>`` +
+    ``<key>.cls``), plus ``labels.txt`` and ``shards.json``; returns the manifest. ``options`` are the fields of
+    :class:`ShardOptions` (``shard_size``, ``max_side``, ``quality``, ``seed``).
 
     ``max_side`` shrinks images whose longer side is larger (EXIF orientation applied, re-encoded as JPEG at
     ``quality``); otherwise JPEG, PNG and WebP bytes are copied unchanged. Unreadable images are reported and left
     out as ``load_image_dataset`` does (``on_bad_image="error"`` stops at the first).
     """
-    if shard_size < 1:
-        raise ValueError(f"--shard_size must be >= 1, got {shard_size}")
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"--max_side must be >= 1, got {max_side}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"--quality must be in 1..100, got {quality}")
+    opts = ShardOptions(**options)
     if on_bad_image == "keep":
         raise ValueError("--on_bad_image keep would write unreadable images into shards: use skip or error")
-    data = load_image_dataset(source, format=format, on_bad_image=on_bad_image, seed=seed)
+    data = load_image_dataset(source, format=format, on_bad_image=on_bad_image, seed=opts.seed)
     names = list(data["train"].features["label"].names)
     out = make_folder(out_dir)
     write_text(out / "labels.txt", "".join(f"{name}\n" for name in names))
@@ -67,39 +81,29 @@ def write_shards(
     threads = num_threads or os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:  # PIL encodes and decodes without the GIL
         for split, ds in data.items():
-            splits[split] = _write_split(
-                ds.cast_column("image", Image(decode=False)), out, split, pool, shard_size, max_side, quality, seed
-            )
+            splits[split] = _write_split(ds.cast_column("image", Image(decode=False)), out, split, pool, opts)
     manifest = {
         "format": "webdataset",
         "labels": "labels.txt",
         "num_classes": len(names),
         "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
-        "shard_size": shard_size,
-        "max_side": max_side,
+        "shard_size": opts.shard_size,
+        "max_side": opts.max_side,
         "splits": splits,
     }
     write_json(out / MANIFEST, manifest)
     return manifest
 
 
-def _write_split(
-    ds: Dataset,
-    out: Path,
-    split: str,
-    pool: ThreadPoolExecutor,
-    shard_size: int,
-    max_side: int | None,
-    quality: int,
-    seed: int,
-) -> dict[str, Any]:
-    order = seeded_order(np.random.default_rng([seed, 2]), len(ds))
+def _write_split(ds: Dataset, out: Path, split: str, pool: ThreadPoolExecutor, opts: ShardOptions) -> dict[str, Any]:
+    order = seeded_order(np.random.default_rng([opts.seed, 2]), len(ds))
+    shard_size = opts.shard_size
     labels = ds.with_format("arrow")["label"].to_numpy()
     numbers = []
     for shard, start in enumerate(range(0, len(ds), shard_size)):
         rows = order[start : start + shard_size]
         images = ds.select(rows)["image"]
-        encoded = pool.map(lambda value: _encode(value, max_side, quality), images)
+        encoded = pool.map(lambda value: _encode(value, opts.max_side, opts.quality), images)
         path = out / f"{split}-{shard:06d}.tar"
         with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for position, (row, (data, ext)) in enumerate(zip(rows, encoded), start=start):

@@ -19,9 +19,9 @@ import torch
 from huggingface_hub import snapshot_download
 from peft import PeftConfig
 
+from ..adapters import ADAPTER_CONFIG, adapter_backbone_config
 from ..data.images import BadImageError, ImageSource, describe, open_image, to_rgb
 from ..io import looks_like_path
-from ..modeling import ADAPTER_CONFIG, adapter_backbone_config
 from ..multi_adapter import MultiAdapterClassifier
 from ..resizing import native_image_size
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.mistakes import MISTAKES_FILE
+from ..evaluation.mistakes import MISTAKES_FILE
 from ..training.outputs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
 
 CARD_FILE = "README.md"

@@ -15,9 +15,9 @@ import yaml
 from huggingface_hub import HfApi
 from peft import PeftConfig
 
+from ..adapters import adapter_backbone_config
+from ..hub import HubPushError, upload_failure
 from ..io import looks_like_path
-from ..modeling import adapter_backbone_config
-from ..training.hub import HubPushError, upload_failure
 
 MODELS_ENV = "PEFT_VISION_LORA_DEMO_MODELS"
 # The package is installed from its repository (it is not on PyPI); gradio comes with the demo extra.

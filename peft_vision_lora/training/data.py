@@ -13,7 +13,7 @@ from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
 from ..data import ImageTransforms, MixupCutmix
-from ..data.streaming import StreamSource
+from ..data.stream_sources import StreamSource
 from .sampler import EpochShuffleSampler
 
 
@@ -93,7 +93,7 @@ class TrainData:
     """Training batches of a map-style dataset: global batches in a seeded order per epoch, which Accelerate splits
     across processes. Its position is the epoch and batch the trainer's state holds, so it keeps no state of its own.
 
-    :class:`~peft_vision_lora.training.streams.StreamTrainData` has the same methods for iterable data.
+    :class:`~peft_vision_lora.training.stream_data.StreamTrainData` has the same methods for iterable data.
     """
 
     loader: DataLoader

@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import ImageTransforms, MixupCutmix, load_image_dataset
+from ..evaluation.metrics import evaluate_model, model_inputs
+from ..hub import push_to_hub
 from ..processing import load_image_processor
 from ..resizing import native_image_size
 from ..token_dropout import TokenDropout
@@ -54,15 +56,13 @@ from .data import (
     train_dataloader,
 )
 from .ema import EMA
-from .evaluation import evaluate_model, model_inputs
 from .features import FeatureCache, backbone_features, cache_features, fit_linear_head, trainable_linear
-from .hub import push_to_hub
 from .launch import check_launch
 from .model import build_training_model, enable_gradient_checkpointing, forward_kwargs, head_module
 from .optim import build_optimizer, build_scheduler, plan_steps, warmup_steps
 from .outputs import HEADLINE_METRICS, LOG_FILE, append_log, prepare_output_dir, write_log, write_run_folder
 from .precision import launch_device, resolve_mixed_precision
-from .streams import (
+from .stream_data import (
     StreamTrainData,
     check_stream_options,
     open_stream_source,

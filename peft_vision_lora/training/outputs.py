@@ -1,6 +1,6 @@
 """What a run leaves in its output folder: the model folder, ``metrics.json``, ``train_log.jsonl`` and two plots.
 
-For LoRA the model folder is the portable adapter folder of :func:`peft_vision_lora.modeling.save_pretrained`; full
+For LoRA the model folder is the portable adapter folder of :func:`peft_vision_lora.adapters.save_pretrained`; full
 fine-tuning and linear probing write a plain transformers model folder. Checkpoints live next to them in
 ``checkpoints/``.
 """
@@ -18,10 +18,11 @@ from accelerate import Accelerator
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..adapters import write_model_folder
+from ..card import CardInfo
+from ..evaluation.plots import plot_confusion_matrix, plot_training_curves
 from ..io import atomic_files, write_json, write_text
-from ..modeling import write_model_folder
 from .checkpointing import checkpoint_root, list_checkpoints
-from .plots import plot_confusion_matrix, plot_training_curves
 
 LOG_FILE = "train_log.jsonl"
 METRICS_FILE = "metrics.json"
@@ -84,9 +85,8 @@ def write_run_folder(
 ) -> None:
     """Write the model folder, metrics, log and plots into ``output_dir`` (main process only)."""
     metrics = headline_metrics(results)
-    save_model_folder(
-        model, output_dir, image_processor, method=results["method"], metrics=metrics, command=command, dataset=dataset
-    )
+    card = CardInfo(method=results["method"], metrics=metrics, command=command, dataset=dataset)
+    save_model_folder(model, output_dir, image_processor, card)
     write_json(output_dir / METRICS_FILE, results)
     write_log(output_dir / LOG_FILE, log_history)
     plot_training_curves(log_history, output_dir / CURVES_FILE)
@@ -99,11 +99,7 @@ def save_model_folder(
     model: nn.Module,
     out_dir: str | os.PathLike,
     image_processor: BaseImageProcessor,
-    *,
-    method: str,
-    metrics: dict[str, Any],
-    command: str | None = None,
-    dataset: str | None = None,
+    card: CardInfo,
 ) -> Path:
     """Write the model folder (LoRA: the portable adapter folder) into ``out_dir``, keeping the rest of ``out_dir``.
 
@@ -112,14 +108,6 @@ def save_model_folder(
     """
     out_dir = Path(out_dir)
     with atomic_files(out_dir, staging_name=".model.tmp") as staging:
-        write_model_folder(
-            staging,
-            model,
-            image_processor,
-            method=method,
-            metrics=metrics,
-            command=command,
-            dataset=dataset,
-            name=out_dir.name,  # the model card's usage example shows the folder name
-        )
+        # The model card's usage example shows the folder name.
+        write_model_folder(staging, model, image_processor, card.named(out_dir.name))
     return out_dir

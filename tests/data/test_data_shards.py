@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from peft_vision_lora.cli import main
 from peft_vision_lora.data import load_image_dataset
-from peft_vision_lora.data.shard_writer import write_shards
-from peft_vision_lora.data.shards import (
+from peft_vision_lora.data.sample_stream import SampleStream
+from peft_vision_lora.data.shard_reader import (
     ShardError,
     expand_pattern,
     iter_shard,
@@ -26,8 +26,8 @@ from peft_vision_lora.data.shards import (
     looks_like_shards,
     read_label_file,
 )
-from peft_vision_lora.data.streaming import hub_stream_source, read_shards_as_dataset, shard_source
-from peft_vision_lora.data.streams import SampleStream
+from peft_vision_lora.data.shard_writer import write_shards
+from peft_vision_lora.data.stream_sources import hub_stream_source, read_shards_as_dataset, shard_source
 
 CLASSES = ("ant", "bee", "cat")
 

@@ -40,7 +40,7 @@ def flowers_run(shared_vit: Path, flowers12: Path, tmp_path_factory: pytest.Temp
     import shutil
 
     import peft_vision_lora as pvl
-    from peft_vision_lora.training.evaluate_folder import evaluate_folder
+    from peft_vision_lora.evaluation.folder import evaluate_folder
 
     root = tmp_path_factory.mktemp("flowers-run")
     data = flowers_subset(flowers12, root / "data")

@@ -14,9 +14,9 @@ import pytest
 from gradio_client import Client, handle_file
 from helpers.training import free_port
 
+from peft_vision_lora import hub
 from peft_vision_lora.cli import main
 from peft_vision_lora.demo import space
-from peft_vision_lora.training import hub
 
 
 @pytest.mark.slow  # app.py serves from its own interpreter

@@ -14,8 +14,8 @@ import torch
 
 import peft_vision_lora as pvl
 from helpers.training import free_port
+from peft_vision_lora.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from peft_vision_lora.training.outputs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
-from peft_vision_lora.training.plots import plot_confusion_matrix, plot_training_curves
 
 TWO_CLASSES = ("sunflower", "bluebell")  # far apart in colour and shape: a tiny run tells them apart reliably
 

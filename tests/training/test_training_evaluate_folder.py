@@ -12,7 +12,7 @@ from helpers.training import make_imagefolder
 
 import peft_vision_lora as pvl
 from peft_vision_lora.cli import main
-from peft_vision_lora.training.mistakes import most_confident_mistakes, plot_mistakes
+from peft_vision_lora.evaluation.mistakes import most_confident_mistakes, plot_mistakes
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_evaluate_command_writes_metrics_confusion_and_mistakes(adapter, tmp_pat
 
 
 def test_dataset_classes_are_matched_to_the_model_labels_by_name(adapter, tmp_path):
-    from peft_vision_lora.training.evaluate_folder import evaluate_folder
+    from peft_vision_lora.evaluation.folder import evaluate_folder
 
     subset = make_imagefolder(tmp_path / "two", classes=("blue", "red"), per_class={"train": 1, "test": 3})
     metrics = evaluate_folder(adapter, subset, output_dir=tmp_path / "out")

@@ -11,8 +11,10 @@ from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
+from peft_vision_lora import hub
 from peft_vision_lora.cli import main
-from peft_vision_lora.training import HubPushError, hub, parse_args, push_to_hub, train
+from peft_vision_lora.hub import HubPushError, push_to_hub
+from peft_vision_lora.training import parse_args, train
 
 
 class RecordingHfApi:

@@ -12,12 +12,12 @@ from accelerate import Accelerator
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import CLIPConfig, CLIPForImageClassification
 
+from peft_vision_lora.evaluation.metrics import compute_metrics, load_metric
 from peft_vision_lora.resizing import resize_position_embeddings
 from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
 from peft_vision_lora.training.data import check_same_classes, choose_eval_splits, class_names
-from peft_vision_lora.training.evaluation import compute_metrics, load_metric
 from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing
 from peft_vision_lora.training.optim import StepPlan, build_optimizer, build_scheduler, parameter_groups, plan_steps
 from peft_vision_lora.training.sampler import EpochShuffleSampler

@@ -2,7 +2,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from PIL import Image
 
-from peft_vision_lora.training.plots import MAX_FIGURE_INCHES, plot_confusion_matrix
+from peft_vision_lora.evaluation.plots import MAX_FIGURE_INCHES, plot_confusion_matrix
 
 
 def test_confusion_matrix_of_many_classes_stays_bounded(tmp_path):

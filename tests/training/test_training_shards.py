@@ -14,9 +14,9 @@ from helpers.training import FREEZE_DRIVER, accelerate_launcher, adapter_differe
 
 from peft_vision_lora.data import load_image_dataset
 from peft_vision_lora.data.shard_writer import write_shards
+from peft_vision_lora.evaluation.folder import evaluate_folder
 from peft_vision_lora.training import parse_args, train
 from peft_vision_lora.training.checkpointing import list_checkpoints
-from peft_vision_lora.training.evaluate_folder import evaluate_folder
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "train.py"
@@ -151,12 +151,12 @@ def test_linear_probe_features_of_a_stream_are_those_of_its_images(tiny_vit, tin
     from accelerate import Accelerator
 
     from peft_vision_lora.data import ImageTransforms
-    from peft_vision_lora.data.streaming import shard_source
+    from peft_vision_lora.data.stream_sources import shard_source
     from peft_vision_lora.processing import load_image_processor
     from peft_vision_lora.training import ModelArguments
     from peft_vision_lora.training.features import backbone_features
     from peft_vision_lora.training.model import build_training_model, head_module
-    from peft_vision_lora.training.streams import stream_prefix_features
+    from peft_vision_lora.training.stream_data import stream_prefix_features
 
     source = shard_source(str(tiny_shards))
     model = build_training_model(ModelArguments(model=str(tiny_vit)), str(tiny_vit), source.names)

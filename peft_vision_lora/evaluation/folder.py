@@ -22,16 +22,16 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..adapters import ADAPTER_CONFIG, load_model
 from ..data import ImageTransforms
 from ..data.images import to_rgb
-from ..data.streaming import read_whole
-from ..modeling import ADAPTER_CONFIG, load_model
+from ..data.stream_sources import read_whole
 from ..processing import load_image_processor
-from .data import eval_dataloader
-from .evaluation import compute_metrics, predict_logits
+from ..training.data import eval_dataloader
+from ..training.model import forward_kwargs
+from ..training.outputs import CONFUSION_FILE, METRICS_FILE
+from .metrics import compute_metrics, predict_logits
 from .mistakes import MISTAKES_FILE, most_confident_mistakes, plot_mistakes
-from .model import forward_kwargs
-from .outputs import CONFUSION_FILE, METRICS_FILE
 from .plots import plot_confusion_matrix
 
 logger = logging.getLogger(__name__)

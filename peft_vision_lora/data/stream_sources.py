@@ -17,7 +17,8 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 from .loading import load_image_dataset
-from .shards import (
+from .sample_stream import ShardReader
+from .shard_reader import (
     MANIFEST,
     Sample,
     ShardError,
@@ -27,7 +28,6 @@ from .shards import (
     looks_like_shards,
     read_label_file,
 )
-from .streams import ShardReader
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import ImageTransforms, MixupCutmix
-from ..data.shards import looks_like_shards
-from ..data.streaming import EVAL_SPLITS, StreamSource, hub_stream_source, read_whole, shard_source
-from ..data.streams import SampleStream, StreamCollate
+from ..data.sample_stream import SampleStream, StreamCollate
+from ..data.shard_reader import looks_like_shards
+from ..data.stream_sources import EVAL_SPLITS, StreamSource, hub_stream_source, read_whole, shard_source
 from .features import FeatureDataset, extract_features
 
 logger = get_logger(__name__)

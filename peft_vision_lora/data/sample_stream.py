@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shards import Sample, ShardError, iter_shard
+from .shard_reader import Sample, ShardError, iter_shard
 
 logger = logging.getLogger(__name__)
 
