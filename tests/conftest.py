@@ -31,7 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test on the real ViT-S/14 is ``slow``: the quick tier (``-m "not slow"``) never loads a real backbone."""
+    """Every test on the real ViT-S/14 is ``slow``: the quick tier (``-m "not slow"``) never loads a real backbone.
+    Tests sharing an expensive fixture get one ``xdist_group``; under pytest-xdist the slow tests come first."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "shared_vit" in fixtures:
@@ -39,6 +40,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in SHARED_ON_ONE_WORKER:
             if name in fixtures:
                 item.add_marker(pytest.mark.xdist_group(name))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Workers take tests one by one in this order: the long ones first, so that none starts at the very end.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
