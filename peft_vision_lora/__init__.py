@@ -11,6 +11,7 @@ from .adapters import load_model, merge_adapter, save_pretrained
 from .architectures import ARCHITECTURES, PRESETS, get_architecture, resolve_target_modules, supported_model_types
 from .configuration import VisionLoraConfig
 from .data import ImageTransforms, load_image_dataset, write_shards
+from .export import export_onnx
 from .modeling import build_classifier, build_model
 from .multi_adapter import MultiAdapterClassifier
 from .processing import load_image_processor
@@ -57,6 +58,7 @@ __all__ = [
     "VisionLoraForImageClassification",
     "build_classifier",
     "build_model",
+    "export_onnx",
     "load_image_processor",
     "load_model",
     "merge_adapter",

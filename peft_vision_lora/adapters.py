@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -23,6 +25,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .architectures import (
+    ARCHITECTURES,
     VisionArchitecture,
     get_architecture,
     rename_legacy_key,
@@ -136,10 +139,33 @@ def adapter_backbone_config(folder: Path, peft_config: PeftConfig) -> tuple[Pret
     return AutoConfig.from_pretrained(check_base_exists(base)), base, False
 
 
-def _head_size(state_dict: dict[str, torch.Tensor], arch: VisionArchitecture) -> int | None:
+def _head_size(shapes: Mapping[str, Sequence[int]], arch: VisionArchitecture) -> int | None:
+    """The number of outputs of the saved head, from the shapes of the adapter's weights."""
     pattern = re.compile(rf"(^|\.){arch.head}\.(modules_to_save\.)?(\w+\.)?weight$")
-    sizes = {t.shape[0] for k, t in state_dict.items() if pattern.search(k) and t.ndim == 2}
+    sizes = {shape[0] for key, shape in shapes.items() if pattern.search(key) and len(shape) == 2}
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def stock_classifier_base(path: Any) -> str | None:
+    """The base of a local adapter folder saved by stock PEFT (no ``config.json``) for a supported family with its
+    classification head among the weights; None for any other path. Stock transformers builds such a model with the
+    base's head size (and fails to load a saved head of another size); :func:`load_model` reads it off the weights."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    folder = Path(path)
+    if not (folder / ADAPTER_CONFIG).is_file() or (folder / "config.json").exists():
+        return None
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    try:
+        model_type = AutoConfig.from_pretrained(base).model_type if base else None
+    except (OSError, ValueError):
+        return None  # an unreachable or unknown base: transformers' own loader reports it
+    if model_type not in ARCHITECTURES or not (folder / ADAPTER_WEIGHTS).is_file():
+        return None
+    with safe_open(folder / ADAPTER_WEIGHTS, framework="pt") as weights:
+        names = weights.keys()  # a safetensors handle is not iterable
+        shapes = {key: weights.get_slice(key).get_shape() for key in names}
+    return base if _head_size(shapes, ARCHITECTURES[model_type]) is not None else None
 
 
 def convert_legacy_names(
@@ -236,7 +262,7 @@ def read_adapter(path_or_id: str | os.PathLike, *, base_model: str | os.PathLike
     base = check_base_exists(base)
     _check_same_architecture(backbone_config, AutoConfig.from_pretrained(base), folder, base)
     state_dict = load_file(folder / ADAPTER_WEIGHTS)
-    head = _head_size(state_dict, get_architecture(backbone_config))
+    head = _head_size({key: tensor.shape for key, tensor in state_dict.items()}, get_architecture(backbone_config))
     labels = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
     if head is not None and head != len(labels):
         if labels_known:

@@ -43,7 +43,8 @@ class VisionArchitecture:
     embeddings: str = r"embeddings"
     head: str = "classifier"
     processor: Preprocessing = field(default_factory=Preprocessing)
-    # transformers 4.x -> 5.x renames of module paths, applied to adapters saved under the old names.
+    # transformers 4.x -> 5.x renames of module path pieces (plain substrings, applied in order): they convert adapters
+    # saved under the old names and, inverted, let LoRA ``target_modules`` written for 4.x select the same modules.
     legacy_renames: tuple[tuple[str, str], ...] = ()
     # ``key_mapping`` for loading this family's bare-backbone checkpoints into its classification class.
     checkpoint_key_mapping: Mapping[str, str] = field(default_factory=dict)
@@ -77,10 +78,10 @@ _CLIP_ROLES = {
     "fc2": r"mlp\.fc2",
 }
 _ATTENTION_RENAMES = (
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (".attention.attention.query.", ".attention.q_proj."),
+    (".attention.attention.key.", ".attention.k_proj."),
+    (".attention.attention.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."),
 )
 _CLIP_VISION = VisionArchitecture(
     model_type="clip_vision_model",
@@ -104,10 +105,10 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         # statistics; Google's 0.5/0.5 checkpoints ship their own preprocessor_config.json, which wins.
         processor=Preprocessing(),
         legacy_renames=(
-            (r"\.encoder\.layer\.", ".layers."),
+            (".encoder.layer.", ".layers."),
             *_ATTENTION_RENAMES,
-            (r"\.intermediate\.dense\.", ".mlp.fc1."),
-            (r"\.output\.dense\.", ".mlp.fc2."),
+            (".intermediate.dense.", ".mlp.fc1."),
+            (".output.dense.", ".mlp.fc2."),
         ),
     ),
     "dinov2": VisionArchitecture(
@@ -204,5 +205,17 @@ def rename_legacy_key(arch: VisionArchitecture, key: str) -> str:
     """Map a transformers 4.x module or weight path of ``arch`` to its 5.x name (identity when already current)."""
     padded = f".{key}."
     for old, new in arch.legacy_renames:
-        padded = re.sub(old, new, padded)
+        padded = padded.replace(old, new)
     return padded[1:-1]
+
+
+def legacy_key(arch: VisionArchitecture, key: str) -> str | None:
+    """The transformers 4.x name of a 5.x module path of ``arch``: :func:`rename_legacy_key` inverted.
+
+    None when the path has no 4.x form that maps back to it (the family has no renames, or the name is not one).
+    """
+    padded = f".{key}."
+    for old, new in reversed(arch.legacy_renames):
+        padded = padded.replace(new, old)
+    old_key = padded[1:-1]
+    return old_key if old_key != key and rename_legacy_key(arch, old_key) == key else None

@@ -3,6 +3,7 @@
 peft-vision-lora train --dataset flowers/ --output_dir out/     # or: peft-vision-lora train config.yaml
 peft-vision-lora push out/ user/flowers-lora [--private]
 peft-vision-lora merge out/ merged/                            # standalone transformers model, no PEFT needed
+peft-vision-lora export merged/ onnx/                          # model.onnx + config.json + preprocessor_config.json
 peft-vision-lora predict out/ photo.jpg [more.jpg ...] [--top_k 3]
 peft-vision-lora evaluate out/ --dataset flowers/ [--split test]    # metrics.json, confusion matrix, mistakes grid
 peft-vision-lora demo out/ [more/ ...] [--host 127.0.0.1] [--port 7860]   # Gradio web page (the demo extra)
@@ -89,6 +90,29 @@ def _merge(argv: list[str]) -> int:
     parser.add_argument("--base_model", default=None, help="Backbone location, if not the one the adapter records.")
     args = parser.parse_args(argv)
     print(merge_adapter(args.adapter, args.out_dir, base_model=args.base_model))
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} export",
+        description="Export a classifier as ONNX: model.onnx (dynamic batch), config.json (labels) and "
+        "preprocessor_config.json, checked against PyTorch with onnxruntime. Needs the onnx extra.",
+    )
+    parser.add_argument("model", help="Merged or fine-tuned model folder, adapter folder (merged first), or Hub id.")
+    parser.add_argument("out_dir", help="Folder the ONNX model, its config and processor are written to.")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version.")
+    args = parser.parse_args(argv)
+    import json
+
+    from .export import ExportError, export_onnx
+
+    try:
+        result = export_onnx(args.model, args.out_dir, opset=args.opset)
+    except (ExportError, FileNotFoundError, ImportError) as error:
+        print(f"{PROG} export: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({"onnx": str(result.folder / "model.onnx"), "max_abs_diff": result.max_abs_diff}))
     return 0
 
 
@@ -222,6 +246,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "train": ("Fine-tune a vision transformer (LoRA, full or linear probe) on an image dataset.", _train),
     "push": ("Upload an adapter folder to the Hugging Face Hub.", _push),
     "merge": ("Merge an adapter into its backbone: a standalone transformers model folder.", _merge),
+    "export": ("Export a classifier folder as ONNX (model, labels, processor), checked with onnxruntime.", _export),
     "predict": ("Classify image files with an adapter or model folder (JSON lines).", _predict),
     "evaluate": ("Evaluate a trained folder on a dataset split (metrics, confusion matrix, mistakes grid).", _evaluate),
     "shard": ("Write a dataset as WebDataset tar shards for streaming training.", _shard),

@@ -19,6 +19,7 @@ PUBLIC = {
     "VisionLoraForImageClassification",
     "build_classifier",
     "build_model",
+    "export_onnx",
     "load_image_processor",
     "load_model",
     "merge_adapter",

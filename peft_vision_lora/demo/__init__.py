@@ -4,7 +4,8 @@
 so neither ``import peft_vision_lora`` nor ``import peft_vision_lora.demo`` loads gradio.
 """
 
-from .models import DemoModels, example_images, read_image, resolve_run_folder
+from ..evaluation.examples import example_images
+from .models import DemoModels, read_image, resolve_run_folder
 from .results import RunResults, read_run_results
 
 _APP_NAMES = {"build_app", "launch", "DEFAULT_HOST", "DEFAULT_PORT"}

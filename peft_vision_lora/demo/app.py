@@ -16,7 +16,8 @@ from typing import Any
 import gradio as gr
 
 from ..data.images import BadImageError
-from .models import DemoModels, example_images, read_image
+from ..evaluation.examples import EXAMPLES_DIR, example_images
+from .models import DemoModels, read_image
 from .results import read_run_results
 
 logger = logging.getLogger(__name__)
@@ -56,14 +57,39 @@ def _refusal(reason: str) -> str:
     return f"**Cannot classify this file:** {reason}"
 
 
+MAX_LISTED_LABELS = 12
+
+
+def _label_list(labels: Sequence[str]) -> str:
+    shown = ", ".join(labels[:MAX_LISTED_LABELS])
+    return shown + (f" and {len(labels) - MAX_LISTED_LABELS} more" if len(labels) > MAX_LISTED_LABELS else "")
+
+
+def page_title(models: DemoModels) -> str:
+    """The task the page serves: the model's name and its classes (several models: their names)."""
+    if len(models.names) > 1:
+        return " · ".join(models.names)
+    name = models.names[0]
+    return f"{name}: {len(models.labels(name))} classes"
+
+
+def _intro(models: DemoModels) -> str:
+    if len(models.names) == 1:
+        return f"Classes: {_label_list(models.labels(models.names[0]))}."
+    return "\n\n".join(f"`{name}` classes: {_label_list(models.labels(name))}." for name in models.names)
+
+
 def build_app(
     models: Sequence[str | os.PathLike] | DemoModels,
     *,
     top_k: int = 5,
-    title: str = "Image classifier",
+    title: str | None = None,
     base_model: str | None = None,
 ) -> gr.Blocks:
-    """The demo page for adapter folders or Hub ids (one shared backbone; a selector when there are several)."""
+    """The demo page for adapter folders or Hub ids (one shared backbone; a selector when there are several).
+
+    ``title`` defaults to the task: the folder's name and its number of classes (:func:`page_title`).
+    """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if not isinstance(models, DemoModels):
@@ -114,7 +140,7 @@ def build_app(
 
     def show_results(name: str) -> tuple[Any, ...]:
         results = read_run_results(models.folders[name])
-        header = [f"### Results of `{name}`"]
+        header = [f"### Results of `{name}`", results.accuracy_message()]
         if results.missing:
             header.append(results.missing_message())
         table = [[label, f"{100 * acc:.1f}%"] for label, acc in results.per_class or []]
@@ -136,9 +162,9 @@ def build_app(
         )
 
     examples = [str(p) for folder in models.folders.values() for p in example_images(folder)]
+    title = title or page_title(models)
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        listed = ", ".join(f"`{n}`" for n in models.names)
-        gr.Markdown(f"# {title}\n\nLoRA adapters trained with peft_vision_lora: {listed}.")
+        gr.Markdown(f"# {title}\n\n{_intro(models)}", elem_id="pvl-title")
         selector = gr.Dropdown(
             choices=models.names, value=first, label="Model", visible=len(models.names) > 1, elem_id="pvl-model"
         )
@@ -150,7 +176,13 @@ def build_app(
                     elem_id="pvl-image",
                 )
                 if examples:
-                    gr.Examples(examples=examples, inputs=image, label="Examples")
+                    gr.Examples(examples=examples, inputs=image, label="Examples (click one)", elem_id="pvl-examples")
+                else:
+                    gr.Markdown(
+                        f"No example images: the folder has no `{EXAMPLES_DIR}/`. `peft-vision-lora evaluate FOLDER "
+                        f"--dataset DATA` writes one image per class of the evaluated split there.",
+                        elem_id="pvl-no-examples",
+                    )
             with gr.Column():
                 labels = gr.Label(num_top_classes=top_k, label="Top labels", elem_id="pvl-labels")
                 status = gr.Markdown(elem_id="pvl-status")

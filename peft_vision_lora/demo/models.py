@@ -27,8 +27,6 @@ from ..resizing import native_image_size
 
 # What a Hub snapshot of a run folder needs for the demo: the adapter, the results tab and the example images.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png", "examples/*"]
-EXAMPLES_DIR = "examples"
-EXAMPLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 # Below this many pixels on a side an image carries no information a classifier could use.
 MIN_SIDE = 8
 _MODE_NOTES = {
@@ -91,14 +89,6 @@ def resolve_run_folder(path_or_id: str | os.PathLike) -> Path:
     if looks_like_path(os.fspath(path_or_id)):
         raise FileNotFoundError(f"Adapter folder {os.fspath(path_or_id)!r} does not exist.")
     return Path(snapshot_download(os.fspath(path_or_id), allow_patterns=HUB_PATTERNS))
-
-
-def example_images(folder: Path) -> list[Path]:
-    """The example images a run folder ships in ``examples/``, sorted by name."""
-    examples = folder / EXAMPLES_DIR
-    if not examples.is_dir():
-        return []
-    return sorted(p for p in examples.iterdir() if p.suffix.lower() in EXAMPLE_EXTENSIONS and p.is_file())
 
 
 def _unique_names(sources: Sequence[str]) -> list[str]:

@@ -23,9 +23,25 @@ class RunResults:
     confusion: Path | None = None
     mistakes: Path | None = None
     per_class: list[tuple[str, float]] | None = None
-    split: str | None = None  # the split of ``per_class``
+    split: str | None = None  # the split of ``per_class`` and ``accuracy``
+    accuracy: dict[str, float] | None = None  # top1_accuracy, top5_accuracy, num_samples of the final split
     card: str | None = None
     missing: list[str] = field(default_factory=list)
+
+    def accuracy_message(self) -> str:
+        """The final accuracy in one line, or why the folder has none."""
+        if not self.accuracy or self.accuracy.get("top1_accuracy") is None:
+            return (
+                f"No final accuracy: `{METRICS_FILE}` has no test or validation results. "
+                "`peft-vision-lora evaluate FOLDER --dataset DATA` adds them."
+            )
+        text = f"**Top-1 accuracy {100 * self.accuracy['top1_accuracy']:.1f}%** on the {self.split} split"
+        details = []
+        if self.accuracy.get("num_samples"):
+            details.append(f"{int(self.accuracy['num_samples'])} images")
+        if self.accuracy.get("top5_accuracy") is not None:
+            details.append(f"top-5 {100 * self.accuracy['top5_accuracy']:.1f}%")
+        return text + (f" ({', '.join(details)})." if details else ".")
 
     def missing_message(self) -> str:
         """One line for the page: which files the tab would show and this folder lacks."""
@@ -35,6 +51,10 @@ class RunResults:
         if MISTAKES_FILE in self.missing:
             text += f" `peft-vision-lora evaluate FOLDER --dataset DATA` writes `{MISTAKES_FILE}`."
         return text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _final_split(metrics: dict[str, Any]) -> str | None:
@@ -56,10 +76,13 @@ def read_run_results(folder: Path) -> RunResults:
     except (OSError, ValueError):
         metrics = {}
     split = _final_split(metrics)
+    if split:
+        results.split = split
+        headline = ("top1_accuracy", "top5_accuracy", "num_samples")
+        results.accuracy = {k: float(v) for k, v in metrics[split].items() if k in headline and _is_number(v)}
     per_class = metrics[split].get("per_class_accuracy") if split else None
     if isinstance(per_class, dict):
         results.per_class = [(str(label), float(acc)) for label, acc in per_class.items()]
-        results.split = split
     else:
         results.missing.append(f"{METRICS_FILE} (per-class accuracy)")
     card = folder / CARD_FILE

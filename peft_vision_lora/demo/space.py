@@ -63,21 +63,25 @@ def write_space(
     out_dir: str | os.PathLike,
     model_ids: Sequence[str],
     *,
-    title: str = "Image classifier",
+    title: str | None = None,
     top_k: int = 5,
     requirement: str = DEFAULT_REQUIREMENT,
 ) -> Path:
-    """Write ``app.py``, ``requirements.txt`` and the Space card (``README.md``) into ``out_dir``."""
+    """Write ``app.py``, ``requirements.txt`` and the Space card (``README.md``) into ``out_dir``.
+
+    Without ``title`` the page names its task itself (the model and its classes) and the card lists the model ids.
+    """
     if not model_ids:
         raise ValueError("A Space needs at least one model id.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     listed = ", ".join(model_ids)
+    heading = title or listed
     app = APP_TEMPLATE.format(listed=listed, env=MODELS_ENV, models=list(model_ids), top_k=top_k, title=title)
     (out / "app.py").write_text(app, encoding="utf-8")
     (out / "requirements.txt").write_text(f"{requirement}\n", encoding="utf-8")
     metadata = {
-        "title": title[:30],  # the Hub limits Space titles to 30 characters
+        "title": heading[:30],  # the Hub limits Space titles to 30 characters
         "emoji": "🌼",
         "sdk": "gradio",
         "app_file": "app.py",
@@ -92,7 +96,7 @@ def write_space(
     except ImportError:  # the Hub then picks its default gradio
         pass
     card = (
-        f"---\n{yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)}---\n\n# {title}\n\n"
+        f"---\n{yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)}---\n\n# {heading}\n\n"
         f"Try the image classifier{'s' if len(model_ids) > 1 else ''} {listed} on your own pictures: upload, paste "
         "or drop an image, or several in the Batch tab; the Training results tab shows the run's curves, confusion "
         "matrix and per-class accuracy. Built with peft_vision_lora's `demo`.\n"

@@ -1,8 +1,8 @@
 """``peft-vision-lora evaluate``: a trained folder (or Hub id) on a dataset split, with the training run's evaluation.
 
 Writes ``metrics.json`` (top-1, top-5, per-class accuracy, loss, confusion matrix under the split's name, merged into
-the file a training run left there), ``confusion_matrix.png`` and ``mistakes.png``, the grid of the most confident
-mistakes.
+the file a training run left there), ``confusion_matrix.png``, ``mistakes.png``, the grid of the most confident
+mistakes, and, when the folder has none, ``examples/``: one image per class of the split for the demo.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..processing import load_image_processor
 from ..training.data import eval_dataloader
 from ..training.model import forward_kwargs
 from ..training.outputs import CONFUSION_FILE, METRICS_FILE
+from .examples import write_examples
 from .metrics import compute_metrics, predict_logits
 from .mistakes import MISTAKES_FILE, most_confident_mistakes, plot_mistakes
 from .plots import plot_confusion_matrix
@@ -116,6 +117,7 @@ def evaluate_folder(
         return image
 
     plot_mistakes(mistakes, load_image, out / MISTAKES_FILE, num_samples=len(references))
+    write_examples(ds, ds.features["label"].names, out)
     logger.info("Evaluated %s on %s[%s]: wrote %s", path_or_id, dataset, split, out)
     return metrics
 

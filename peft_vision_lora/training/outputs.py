@@ -89,10 +89,11 @@ def write_run_folder(
     save_model_folder(model, output_dir, image_processor, card)
     write_json(output_dir / METRICS_FILE, results)
     write_log(output_dir / LOG_FILE, log_history)
-    plot_training_curves(log_history, output_dir / CURVES_FILE)
-    final = results.get("test") or results.get("eval")
+    split = next((name for name in ("test", "eval") if results.get(name)), None)
+    final = (split, results[split]) if split else None
+    plot_training_curves(log_history, output_dir / CURVES_FILE, final=final)
     if final:
-        plot_confusion_matrix(final["confusion_matrix"], results["labels"], output_dir / CONFUSION_FILE)
+        plot_confusion_matrix(final[1]["confusion_matrix"], results["labels"], output_dir / CONFUSION_FILE)
 
 
 def save_model_folder(

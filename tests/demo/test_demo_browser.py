@@ -1,7 +1,8 @@
 """The demo in a real browser: headless Chromium (Debian's chromium + chromium-driver, `make system-deps`) via selenium.
 
-Uploads a flowers12 photo, waits for the prediction, checks the expected label and its score, then opens the
-training results tab and checks that the curves image loaded. Screenshots go to the test's tmp dir and, when
+A new user's visit to the run folder the README's demo command makes: the page is titled by the folder, clicking an
+example that ``evaluate`` wrote classifies it, an uploaded flowers12 photo gets the expected label and score, and the
+training results tab leads with the final accuracy and shows the curves. Screenshots go to the test's tmp dir and, when
 ``PEFT_VISION_LORA_SCREENSHOT_DIR`` is set, there too (CI keeps them as artifacts).
 """
 
@@ -60,15 +61,20 @@ def test_upload_a_photo_and_see_the_results_in_chromium(flowers_run, flowers12, 
     photo = sorted((flowers12 / "test" / "sunflower").glob("*.jpg"))[0]
     browser = _browser()
     try:
-        with serving(build_app([flowers_run], top_k=2, title="Sunflower or bluebell?")) as url:
+        with serving(build_app([flowers_run], top_k=2)) as url:
             browser.get(url)
             wait = WebDriverWait(browser, TIMEOUT_S)
-            upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#pvl-image input[type=file]"))
-            upload.send_keys(str(photo))
+            examples = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#pvl-examples button.gallery-item"))
+            assert browser.title == "sunflower-vs-bluebell: 2 classes"
+            assert len(examples) == 2  # one image per class of the evaluated split
+            examples[1].click()  # 02-sunflower.jpg
             wait.until(lambda b: "Latency" in b.find_element(By.ID, "pvl-status").text)
-            labels = browser.find_element(By.ID, "pvl-labels").text
+            assert re.search(r"sunflower\s+\d+%", browser.find_element(By.ID, "pvl-labels").text)
+
+            upload = browser.find_element(By.CSS_SELECTOR, "#pvl-image input[type=file]")
+            upload.send_keys(str(photo))
             # gr.Label: the top label as a heading, then each label with its score bar and percentage.
-            assert re.search(r"sunflower\s+(9\d|100)%", labels), labels
+            wait.until(lambda b: re.search(r"sunflower\s+(9\d|100)%", b.find_element(By.ID, "pvl-labels").text))
             assert re.search(r"Latency:\s*\d+ ms", browser.find_element(By.ID, "pvl-status").text)
             _save(browser, tmp_path, "demo-classify.png")
 
@@ -78,6 +84,10 @@ def test_upload_a_photo_and_see_the_results_in_chromium(flowers_run, flowers12, 
                 lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", curves)
             )
             assert width > 0
+            header = wait.until(
+                lambda b: "accuracy" in (text := b.find_element(By.ID, "pvl-results-header").text) and text
+            )
+            assert re.search(r"Top-1 accuracy \d+\.\d% on the test split \(12 images\)", header), header
             mistakes = browser.find_element(By.CSS_SELECTOR, "#pvl-mistakes img")
             assert browser.execute_script("return arguments[0].naturalWidth", mistakes) > 0
             assert "sunflower" in browser.find_element(By.ID, "pvl-per-class").text
