@@ -35,7 +35,6 @@ Defaults were *chosen* on validation splits carved from train (``--val_fraction`
 
 from __future__ import annotations
 
-import math
 import statistics
 import subprocess
 import sys
@@ -71,18 +70,17 @@ VARIANTS = {
 PREVIOUS_FLAGS = [
     "--min_crop_scale", "0.08", "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
     "--num_train_epochs", "3", "--min_steps", "0", "--token_keep", "1", "--head_init", "random",
-    "--ema_decay", "0", "--tta_flip", "false",
+    "--ema_decay", "0",
 ]  # fmt: skip
 STOCK_FLAGS = [
     "--preset", "qv", "--r", "16", "--lora_alpha", "16", "--lora_dropout", "0.1", "--learning_rate", "5e-3",
     "--per_device_train_batch_size", "16", "--num_train_epochs", "3", "--min_crop_scale", "1", "--hflip", "0",
     "--bf16", "false", "--min_steps", "0", "--token_keep", "1", "--head_init", "random", "--ema_decay", "0",
-    "--tta_flip", "false",
 ]  # fmt: skip
 HAND_LOOP_FLAGS = [
     "--learning_rate", "2e-3", "--per_device_train_batch_size", "32", "--min_crop_scale", "0.35",
     "--num_train_epochs", "3", "--bf16", "false", "--min_steps", "0", "--token_keep", "1", "--head_init", "random",
-    "--ema_decay", "0", "--tta_flip", "false",
+    "--ema_decay", "0",
 ]  # fmt: skip
 RECIPE_FLAGS = {
     "previous": PREVIOUS_FLAGS,
@@ -107,9 +105,8 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out:
         flags = [*config["flags"], "--output_dir", out, "--save_strategy", "no", "--disable_tqdm"]
-        trainer = Trainer(*parse_args([*flags, "--eval_steps", "1"]))
-        # Evaluate this many times whatever the run's length (known only once the data is loaded).
-        trainer.args.eval_steps = max(1, math.ceil(trainer.total_steps / config["evaluations"]))
+        # Evaluate this many times whatever the run's length (known only once the data is loaded): a fraction.
+        trainer = Trainer(*parse_args([*flags, "--eval_steps", repr(1 / config["evaluations"])]))
         results = trainer.train()
     wall_s = time.perf_counter() - started
     curve = [
@@ -208,6 +205,8 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=4, help="test evaluations per run, the last at the end")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one run")
     args = parser.parse_args()
+    if args.evaluations < 2:  # passed as the fraction --eval_steps 1/N, which must be below 1
+        parser.error("--evaluations must be at least 2 (the last one is at the end of the run)")
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:

@@ -15,11 +15,14 @@ import sys
 from accelerate import PartialState
 
 from peft_vision_lora.training import parse_args, train
+from peft_vision_lora.training.clock import process_start_time
 
 
 def main() -> None:
     model_args, data_args, training_args = parse_args()
-    metrics = train(model_args, data_args, training_args, command=shlex.join(["python", *sys.argv]))
+    command = shlex.join(["python", *sys.argv])
+    # Start-up counts from the process start: imports and launcher time are part of what a run costs.
+    metrics = train(model_args, data_args, training_args, command=command, started_at=process_start_time())
     split = next((s for s in ("test", "eval") if s in metrics), None)
     if split and PartialState().is_main_process:
         print(f"{split} top-1 accuracy: {metrics[split]['top1_accuracy']:.4f} -> {training_args.output_dir}")

@@ -34,8 +34,7 @@ from .card import CardInfo, write_model_card
 from .configuration import VisionLoraConfig
 from .io import atomic_folder, looks_like_path
 from .modeling import check_base_exists, classification_config, load_classifier
-from .processing import default_image_processor, load_image_processor
-from .resizing import vision_config
+from .processing import default_image_processor, load_image_processor, vision_config
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import PretrainedConfig
 
-from .preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing
+from .processing import CLIP_MEAN, CLIP_STD, Preprocessing
 
 ROLES = ("q", "k", "v", "o", "fc1", "fc2")
 PRESETS: dict[str, tuple[str, ...]] = {

@@ -22,6 +22,7 @@ PROG = "peft-vision-lora"
 
 def _train(argv: list[str]) -> int:
     from .training import parse_args, train
+    from .training.clock import process_start_time
     from .training.launch import LaunchError
 
     prog = f"{PROG} train"
@@ -31,7 +32,8 @@ def _train(argv: list[str]) -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     try:
-        train(model_args, data_args, training_args, command=shlex.join([PROG, "train", *argv]))
+        command = shlex.join([PROG, "train", *argv])
+        train(model_args, data_args, training_args, command=command, started_at=process_start_time())
     except LaunchError as error:  # launched for several machines as one process: say what to add
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

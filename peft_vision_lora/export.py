@@ -23,8 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from .adapters import ADAPTER_CONFIG, PICKLE_WEIGHTS, load_model
 from .io import atomic_folder, looks_like_path
-from .processing import load_image_processor
-from .resizing import native_image_size
+from .processing import load_image_processor, native_image_size
 
 ONNX_FILE = "model.onnx"
 OPSET = 17

@@ -20,6 +20,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
 from .architectures import (
@@ -31,8 +32,13 @@ from .architectures import (
     resolve_target_modules,
 )
 from .io import looks_like_path
-from .processing import default_image_processor, load_image_processor
-from .resizing import native_image_size, resize_position_embeddings, vision_config
+from .processing import (
+    default_image_processor,
+    load_image_processor,
+    native_image_size,
+    resize_position_embeddings,
+    vision_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +141,7 @@ def build_model(
     normalization: str | None = None,
     image_size: int | None = None,
     lora_layers: int | None = None,
+    image_processor: BaseImageProcessor | None = None,
     **lora_kwargs: Any,
 ) -> PeftModel:
     """A LoRA image classifier: frozen backbone of ``base``, LoRA on the ``preset`` projections, a fresh trainable head.
@@ -145,6 +152,8 @@ def build_model(
     mean/std saved with the adapter (``imagenet``, ``inception``, ``clip``); ``image_size`` builds the model for
     another input size (position embeddings resampled; recorded in the adapter so every loader rebuilds it).
     ``lora_layers`` adapts only the last N encoder layers (the adapter lists their modules by name).
+    ``image_processor`` is saved with the adapter as given; by default the base's own (or its family's defaults),
+    with ``image_size`` and ``normalization`` applied.
     """
     labels = _check_labels(labels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,11 +166,12 @@ def build_model(
             source = base_name = check_base_exists(base)
         model = build_classifier(source, labels, image_size=image_size)
         model.name_or_path = base_name or source
-        processor = (
-            load_image_processor(source, normalization=normalization, image_size=image_size)
-            if source != tmp
-            else default_image_processor(model.config, normalization=normalization, image_size=image_size)
-        )
+        if image_processor is not None:
+            processor = image_processor
+        elif source != tmp:
+            processor = load_image_processor(source, normalization=normalization, image_size=image_size)
+        else:
+            processor = default_image_processor(model.config, normalization=normalization, image_size=image_size)
     lora_config = LoraConfig(
         r=r,
         lora_alpha=lora_alpha,

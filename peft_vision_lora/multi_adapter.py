@@ -21,7 +21,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .adapters import ADAPTER_WEIGHTS, AdapterFolder, read_adapter
 from .modeling import load_classifier
-from .resizing import native_image_size
+from .processing import native_image_size
 
 # The adapter of each image of the forward running in this thread (or asyncio task); None outside our calls.
 _ADAPTER_NAMES: ContextVar[list[str] | None] = ContextVar("peft_vision_lora_adapter_names", default=None)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,16 @@ def test_example_script_trains_and_saves(tiny, tmp_path):
         "3",
         "--disable_tqdm",
     ]
+    started = time.time()
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    wall = time.time() - started
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
+    # A script's start-up counts from its process start (imports included), so the run's phases fit the subprocess.
+    phases = metrics["phases"]
+    assert sum(v for k, v in phases.items() if k != "total_s") == pytest.approx(phases["total_s"], rel=0.02)
+    assert phases["startup_s"] > 0 and phases["total_s"] <= wall
+    assert f"Done in {phases['total_s']:.1f} s: startup {phases['startup_s']:.1f}, " in result.stdout
     assert f"test top-1 accuracy: {metrics['test']['top1_accuracy']:.4f}" in result.stdout
     assert metrics["num_processes"] == 1 and metrics["total_steps"] == 6
     assert (out / "adapter_model.safetensors").is_file() and (out / "training_curves.png").is_file()

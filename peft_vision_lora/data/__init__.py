@@ -2,7 +2,7 @@
 ``ImageTransforms`` (train augmentation and processor-exact eval) for ``datasets.Dataset.with_transform``; WebDataset
 tar shards (``write_shards``, ``SampleStream``) for data too large to list."""
 
-from ..preprocessing import Preprocessing
+from ..processing import Preprocessing
 from .augment import AUTO_AUGMENT_POLICIES, auto_augment
 from .images import IMAGE_EXTENSIONS, SAFE_FORMATS, BadImageError, check_image, open_image, to_rgb
 from .layouts import FLOWERS102_CLASSES, FORMATS, LAYOUTS, LayoutError, load_array_pickle, normalize_columns

@@ -39,7 +39,7 @@ import torch
 from datasets import Dataset, DatasetDict, Image
 from torch.utils.data import get_worker_info
 
-from ..preprocessing import Preprocessing
+from ..processing import Preprocessing
 from .augment import Augmentation, auto_augment
 from .images import (
     BadImageError,

@@ -23,7 +23,7 @@ from ..adapters import ADAPTER_CONFIG, adapter_backbone_config
 from ..data.images import BadImageError, ImageSource, describe, open_image, to_rgb
 from ..io import looks_like_path
 from ..multi_adapter import MultiAdapterClassifier
-from ..resizing import native_image_size
+from ..processing import native_image_size
 
 # What a Hub snapshot of a run folder needs for the demo: the adapter, the results tab and the example images.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png", "examples/*"]

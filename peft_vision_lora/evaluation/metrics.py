@@ -68,15 +68,9 @@ def evaluate_model(
     accelerator: Accelerator,
     labels: Sequence[str],
     forward_kwargs: dict[str, Any] | None = None,
-    *,
-    tta_flip: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on every sample of ``dataloader`` (all processes get the same result).
-
-    ``tta_flip`` averages the class probabilities of each image and its mirror image (images only; cached features
-    have no mirror image); the logits reported are then the log of those averages.
-    """
-    return compute_metrics(*predict_logits(model, dataloader, accelerator, forward_kwargs, tta_flip=tta_flip), labels)
+    """Metrics of ``model`` on every sample of ``dataloader`` (all processes get the same result)."""
+    return compute_metrics(*predict_logits(model, dataloader, accelerator, forward_kwargs), labels)
 
 
 @torch.no_grad()
@@ -85,19 +79,13 @@ def predict_logits(
     dataloader: DataLoader,
     accelerator: Accelerator,
     forward_kwargs: dict[str, Any] | None = None,
-    *,
-    tta_flip: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float logits and true labels of every sample of ``dataloader``, in dataset order, gathered on every process."""
     was_training = model.training
     model.eval()
     all_logits, all_refs = [], []
     for batch in dataloader:
-        inputs = model_inputs(batch)
-        logits = model(**inputs, **(forward_kwargs or {})).logits
-        if tta_flip and "pixel_values" in inputs:
-            mirrored = model(pixel_values=inputs["pixel_values"].flip(-1), **(forward_kwargs or {})).logits
-            logits = ((logits.float().softmax(-1) + mirrored.float().softmax(-1)) / 2).log()
+        logits = model(**model_inputs(batch), **(forward_kwargs or {})).logits
         logits, refs = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         all_logits.append(logits.cpu())
         all_refs.append(refs.cpu())

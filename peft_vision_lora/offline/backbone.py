@@ -32,6 +32,7 @@ from filelock import FileLock
 from transformers import ViTConfig
 
 from ..io import atomic_folder
+from ..processing import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, ShortSideCropProcessor, resize_position_grid
 
 if TYPE_CHECKING:
     import onnx
@@ -269,7 +270,7 @@ def dinov2_to_vit(state: Mapping[str, np.ndarray], *, image_size: int) -> dict[s
         "vit.embeddings.cls_token": s["embeddings.cls_token"],
         "vit.embeddings.patch_embeddings.projection.weight": s["embeddings.patch_embeddings.projection.weight"],
         "vit.embeddings.patch_embeddings.projection.bias": s["embeddings.patch_embeddings.projection.bias"],
-        "vit.embeddings.position_embeddings": resize_position_embeddings(
+        "vit.embeddings.position_embeddings": resize_position_grid(
             s["embeddings.position_embeddings"], image_size // patch
         ),
         "vit.layernorm.weight": s["layernorm.weight"],
@@ -295,19 +296,6 @@ def dinov2_to_vit(state: Mapping[str, np.ndarray], *, image_size: int) -> dict[s
                 weight, bias = scale[:, None] * weight, scale * bias
             vit[f"{dst}{new}.weight"], vit[f"{dst}{new}.bias"] = weight, bias
     return {name: tensor.contiguous() for name, tensor in vit.items()}
-
-
-def resize_position_embeddings(position_embeddings: torch.Tensor, grid: int) -> torch.Tensor:
-    """``(1, 1 + n*n, d)`` position embeddings resized to ``(1, 1 + grid*grid, d)``; the CLS entry is kept."""
-    cls, patches = position_embeddings[:, :1], position_embeddings[:, 1:]
-    side = int(round(patches.shape[1] ** 0.5))
-    if side * side != patches.shape[1]:
-        raise ValueError(f"Position embeddings of {patches.shape[1]} patches do not form a square grid.")
-    if side == grid:
-        return position_embeddings
-    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    patches = torch.nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
 
 
 def verify_against_onnx(model: onnx.ModelProto, folder: str | os.PathLike, *, atol: float = VERIFY_ATOL) -> float:
@@ -362,9 +350,6 @@ def write_vit_checkpoint(state: Mapping[str, torch.Tensor], out_dir: str | os.Pa
 
 
 def _write_image_processor(out_dir: Path) -> None:
-    from ..preprocessing import BICUBIC, IMAGENET_MEAN, IMAGENET_STD
-    from ..processing import ShortSideCropProcessor
-
     size = VIT_S14["image_size"]
     processor = ShortSideCropProcessor(
         size={"shortest_edge": RESIZE_SHORTEST_EDGE},

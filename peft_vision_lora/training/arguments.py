@@ -7,6 +7,8 @@ Names follow ``transformers.TrainingArguments`` wherever it has the same option,
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from transformers import HfArgumentParser, SchedulerType
 
 from ..architectures import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_PRESET, DEFAULT_R, PRESETS
 from ..data.augment import Augmentation
-from ..preprocessing import NORMALIZATIONS
+from ..processing import NORMALIZATIONS
 
 METHODS = ("lora", "full", "linear")
 # Full fine-tuning moves every pretrained weight, so it needs a far smaller step than adapters or a probe.
@@ -68,6 +70,13 @@ class ModelArguments:
             "adapted layer: the frozen layers below it keep no activations and get no gradients."
         },
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "The model's square input size, for training, evaluation and the saved model; position embeddings "
+            "are resampled when it differs from the checkpoint's. Default: the size the checkpoint's processor uses."
+        },
+    )
     normalization: str | None = field(
         default=None,
         metadata={
@@ -84,6 +93,7 @@ class ModelArguments:
         _positive("r", self.r, allow_none=False)
         _positive("lora_alpha", self.lora_alpha, allow_none=False)
         _positive("lora_layers", self.lora_layers)
+        _positive("image_size", self.image_size)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
@@ -133,13 +143,6 @@ class DataArguments(Augmentation):
         metadata={"help": "Fraction of train held out (stratified) for validation when the dataset has none."},
     )
     shots: int | None = field(default=None, metadata={"help": "Keep only this many training images per class."})
-    image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Train and evaluate at this square size; position embeddings are interpolated when it differs "
-            "from the checkpoint's. Default: the checkpoint's size."
-        },
-    )
     resolution_schedule: list[int] = field(
         default_factory=list,
         metadata={
@@ -161,7 +164,6 @@ class DataArguments(Augmentation):
         _positive("shots", self.shots)
         if self.shuffle_buffer < 0:
             raise ValueError(f"--shuffle_buffer must be >= 0, got {self.shuffle_buffer}.")
-        _positive("image_size", self.image_size)
         self.resolution_schedule = [int(size) for size in self.resolution_schedule]
         if any(size <= 0 for size in self.resolution_schedule):
             raise ValueError(f"--resolution_schedule sizes must be positive, got {self.resolution_schedule}.")
@@ -218,7 +220,15 @@ class TrainingArguments:
         default=100,
         metadata={
             "help": "Floor of optimizer steps: a small dataset trains for more epochs than --num_train_epochs until "
-            "it reaches this many steps. Ignored with --max_steps."
+            "it reaches this many steps, but never more than 5 epochs. Ignored with --max_steps and --time_budget."
+        },
+    )
+    time_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "Wall-clock budget of the whole run (seconds, or e.g. 90s, 5m, 1h30m), start-up, evaluations and "
+            "outputs included: the run times its own steps and evaluations, then trains as many steps as end inside "
+            "it (the plan is printed and kept on resume). Replaces --num_train_epochs and --min_steps."
         },
     )
     token_keep: float = field(
@@ -248,9 +258,6 @@ class TrainingArguments:
         default=0.0,
         metadata={"help": "EMA of the trainable weights, evaluated and saved instead of the raw weights; 0 is off."},
     )
-    tta_flip: bool = field(
-        default=False, metadata={"help": "Evaluate on each image and its mirror image, averaging the probabilities."}
-    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward (non-reentrant) to save memory."}
@@ -278,9 +285,19 @@ class TrainingArguments:
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with loss scaling (GPU)."})
     eval_strategy: Literal["no", "steps", "epoch"] | None = field(
         default=None,
-        metadata={"help": "When to evaluate: no, steps, epoch. Default: steps if --eval_steps, else epoch."},
+        metadata={
+            "help": "When to evaluate during training: no, steps, epoch. Default: steps if --eval_steps; else epoch "
+            "when there is a validation split (it selects the best weights), else no: the test split is evaluated "
+            "once, at the end (watching it during training would cost time and select nothing)."
+        },
     )
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every this many optimizer steps."})
+    eval_steps: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate every this many optimizer steps; below 1, that fraction of the run's steps (as in "
+            "transformers: 0.25 evaluates 4 times)."
+        },
+    )
     save_strategy: Literal["no", "steps", "epoch"] | None = field(
         default=None,
         metadata={
@@ -325,6 +342,10 @@ class TrainingArguments:
             raise ValueError(f"--token_keep_min must be >= 1, got {self.token_keep_min}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+            if self.max_steps > 0:
+                raise ValueError("--time_budget and --max_steps both set the run's length: give one.")
         if self.min_steps < 0:
             raise ValueError(f"--min_steps must be >= 0, got {self.min_steps}.")
         if not 0 <= self.label_smoothing < 1:
@@ -344,13 +365,49 @@ class TrainingArguments:
             raise ValueError(f"--report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
-        self.eval_strategy = self.eval_strategy or ("steps" if self.eval_steps else "epoch")
+        self.eval_strategy = self.eval_strategy or ("steps" if self.eval_steps else None)  # None: by the data
         self.save_strategy = self.save_strategy or ("steps" if self.save_steps else "epoch")
+        if self.eval_steps is not None and self.eval_steps >= 1:
+            if self.eval_steps != int(self.eval_steps):
+                raise ValueError(f"--eval_steps must be whole steps or a fraction below 1, got {self.eval_steps}.")
+            self.eval_steps = int(self.eval_steps)
         for kind in ("eval", "save"):
-            if getattr(self, f"{kind}_strategy") not in STRATEGIES:
+            strategy = getattr(self, f"{kind}_strategy")
+            if strategy not in STRATEGIES and not (kind == "eval" and strategy is None):
                 raise ValueError(f"--{kind}_strategy must be one of {', '.join(STRATEGIES)}.")
             if getattr(self, f"{kind}_strategy") == "steps" and not getattr(self, f"{kind}_steps"):
                 raise ValueError(f"--{kind}_strategy steps needs --{kind}_steps N.")
+
+
+def steps_every(every: float | None, total_steps: int) -> int | None:
+    """``--eval_steps`` in steps: a whole number as given, a fraction of ``total_steps`` rounded up (at least 1)."""
+    if every is None or every >= 1:
+        return every
+    return max(1, math.ceil(round(total_steps * every, 6)))  # rounded first: 0.1 * 30 is 3.0000000000000004
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``300``, ``300s``, ``5m``, ``1h30m`` or ``1.5h``."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        spec = str(text).strip().lower().replace(" ", "")
+        try:
+            seconds = float(spec)
+        except ValueError:
+            parts = _DURATION.findall(spec)
+            if not parts or "".join(n + u for n, u in parts) != spec:
+                raise ValueError(
+                    f"--time_budget must be seconds or a duration such as 90s, 5m, 1h30m; got {text!r}."
+                ) from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"--time_budget must be positive, got {text!r}.")
+    return seconds
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

@@ -1,20 +1,33 @@
-"""``--time_budget``: fit a run's length, and its recipe, to a wall-clock budget measured on the run's own steps.
+"""``--time_budget``: fit a run's length to a wall-clock budget measured on the run's own steps.
 
-The run times its first optimizer steps and one evaluation batch, then :func:`plan_budget` picks the number of
-steps so that everything left (the remaining steps, the evaluations they trigger, the final evaluation and the
-outputs) ends inside the budget counted from the start of the process. The plan is stored in checkpoints, so a
-resumed run keeps it rather than measuring again.
+The run times an evaluation batch before it trains and its optimizer steps 2 and 3 (the first one warms up), then
+:func:`plan_budget` picks the number of steps so that everything left (the remaining steps, the evaluations they
+trigger, the final evaluation and the outputs) ends inside the budget counted from the start of the process. The
+learning-rate schedule is rebuilt for that length. The plan is stored in checkpoints, so a resumed run keeps it
+rather than measuring again. The recipe does not change with the budget: only the run's length does, so more time
+never means a different (possibly worse) recipe, only more steps of the same one.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..evaluation.metrics import model_inputs
+from .arguments import DataArguments, TrainingArguments, parse_duration, steps_every
+from .checkpointing import TrainerState
+from .clock import PhaseClock
+from .optim import StepPlan
+from .parts import LoopPart
 
 # Writing the run folder (adapter, processor, card, metrics, plots) and the process exit, beyond the evaluations:
 # a few seconds on CPU. Held back from every budget, with a share of the budget for the noise of a shared machine.
@@ -22,28 +35,11 @@ OUTPUTS_RESERVE_S = 8.0
 NOISE_RESERVE = 0.03
 
 
+TIMED_STEPS = 2  # steps timed after the first one (which warms up) before the length is planned
+
+
 class BudgetError(ValueError):
     """The time budget cannot hold what the run must do at least."""
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds in ``300``, ``300s``, ``5m``, ``1h30m`` or ``1.5h``."""
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        spec = str(text).strip().lower().replace(" ", "")
-        try:
-            seconds = float(spec)
-        except ValueError:
-            parts = _DURATION.findall(spec)
-            if not parts or "".join(n + u for n, u in parts) != spec:
-                raise ValueError(
-                    f"--time_budget must be seconds or a duration such as 90s, 5m, 1h30m; got {text!r}."
-                ) from None
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"--time_budget must be positive, got {text!r}.")
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -108,3 +104,135 @@ def plan_budget(
             f"{(elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / (1 - NOISE_RESERVE):.0f}s."
         )
     return BudgetPlan(budget_s, elapsed_s, step_s, eval_s, final_s, low, evaluations_until(low))
+
+
+class TimeBudget(LoopPart):
+    """Measures the run's own costs, then gives it the length that ends inside the budget (``replan(plan)``).
+
+    ``planned``: the length was planned already (a resumed run), so nothing is measured again.
+    """
+
+    name = "time_budget"
+
+    def __init__(
+        self,
+        budget_s: float,
+        *,
+        planned: bool,
+        clock: PhaseClock,
+        accelerator: Accelerator,
+        step_model: nn.Module,
+        loaders: dict[str, DataLoader],
+        eval_split: str | None,
+        evaluations_until: Callable[[int], int],
+        replan: Callable[[BudgetPlan], None],
+    ) -> None:
+        self.budget_s, self.planned, self.clock, self.accelerator = budget_s, planned, clock, accelerator
+        self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
+        self.evaluations_until, self.replan = evaluations_until, replan
+        self.batch_s, self.timer = 0.0, (0, 0.0)  # (step, perf_counter) where step timing started
+
+    def recipe(self) -> str:
+        planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps)"
+        return f"--time_budget {self.budget_s:.0f}s{planned}"
+
+    def begin(self, resumed: bool) -> None:
+        if not self.planned:
+            self.batch_s = self._eval_batch_seconds()
+
+    @torch.no_grad()
+    def _eval_batch_seconds(self) -> float:
+        """Seconds of one evaluation batch (the second one: the first warms up), 0 without evaluation data."""
+        loader = next(iter(self.loaders.values()), None)
+        if loader is None:
+            return 0.0
+        self.step_model.eval()
+        seconds, batches = [], iter(loader)
+        for batch in (next(batches, None), next(batches, None)):
+            if batch is None:
+                break
+            started = time.perf_counter()
+            self.step_model(**model_inputs(batch))
+            seconds.append(time.perf_counter() - started)
+        self.step_model.train()
+        return seconds[-1] if seconds else 0.0
+
+    def after_step(self, step: int) -> None:
+        if self.planned:
+            return
+        first, started = self.timer
+        if not first:  # the first step warms up: time the next ones
+            self.timer = (step, time.perf_counter())
+        elif step - first == TIMED_STEPS:
+            self.replan(self._plan((time.perf_counter() - started) / TIMED_STEPS, step))
+            self.planned = True
+
+    def _plan(self, step_s: float, steps_done: int) -> BudgetPlan:
+        """The plan, made by the main process and sent to all, so that every process trains the same steps."""
+        plan: list[BudgetPlan | BudgetError | None] = [None]
+        if self.accelerator.is_main_process:
+            eval_s = self.batch_s * len(self.loaders[self.eval_split]) if self.eval_split else 0.0
+            # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
+            final_s = self.batch_s * sum(len(loader) for loader in self.loaders.values())
+            final_s += eval_s if self.eval_split == "validation" else 0.0
+            try:
+                plan[0] = plan_budget(
+                    self.budget_s,
+                    elapsed_s=self.clock.elapsed(),
+                    steps_done=steps_done,
+                    step_s=step_s,
+                    eval_s=eval_s,
+                    final_s=final_s,
+                    evaluations_until=self.evaluations_until,
+                )
+            except BudgetError as error:
+                plan[0] = error
+        broadcast_object_list(plan)
+        if isinstance(plan[0], BudgetError):
+            raise plan[0]
+        self.accelerator.print(plan[0].describe())
+        return plan[0]
+
+
+def evaluations_until(strategy: str, eval_split: str | None, steps_per_epoch: int, every: Callable[[int], int | None]):
+    """``n -> `` how many evaluations a run of ``n`` steps makes before its last step (``every(n)``: the step
+    interval of ``--eval_steps`` for that length)."""
+
+    def count(total: int) -> int:
+        if eval_split is None or strategy == "no":
+            return 0
+        interval = steps_per_epoch if strategy == "epoch" else every(total)
+        return (total - 1) // interval if interval else 0
+
+    return count
+
+
+def budget_plan(plan: StepPlan, time_budget: str | None, resume: Path | None) -> StepPlan:
+    """Under ``--time_budget``: a resumed run's length as its checkpoint planned it, else a provisional length (the
+    epochs asked for, at least the steps that are timed) until the run has measured itself."""
+    if time_budget is None:
+        return plan
+    saved = TrainerState.load(resume).budget if resume is not None else None
+    if saved:
+        return plan.with_total(saved["total_steps"], "budget")
+    return plan.with_total(max(plan.total_steps, TIMED_STEPS + 1), "budget-provisional")
+
+
+def budget_parts(
+    args: TrainingArguments,
+    data_args: DataArguments,
+    *,
+    plan: StepPlan,
+    eval_strategy: str,
+    **part: object,
+) -> list[LoopPart]:
+    """``[TimeBudget(...)]`` under ``--time_budget`` (``part``: its other arguments), else nothing."""
+    if args.time_budget is None:
+        return []
+    if data_args.resolution_schedule:
+        raise ValueError("--resolution_schedule stages a run of known length: it cannot be used with --time_budget.")
+    count = evaluations_until(
+        eval_strategy, part["eval_split"], plan.steps_per_epoch, lambda total: steps_every(args.eval_steps, total)
+    )
+    planned = plan.reason == "budget"
+    return [TimeBudget(parse_duration(args.time_budget), planned=planned, evaluations_until=count, **part)]

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ OPTIMIZER_META_FILE = "optimizer.json"
 SCHEDULER_FILE = "scheduler.json"
 SCALER_FILE = "scaler.json"
 BEST_FILE = "best_model.safetensors"
-EMA_FILE = "ema.safetensors"
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
@@ -52,8 +52,10 @@ class TrainerState:
     best_loss: float | None = None
     best_step: int | None = None
     labels: list[str] = field(default_factory=list)
-    # Iterable data: each process's stream position (training/streams.py), in process order; None for map-style.
+    # Iterable data: each process's stream position (training/stream_data.py), in process order; None for map-style.
     data_state: list[dict[str, Any]] | None = None
+    # --time_budget's plan (training/budget.py), kept so that a resumed run trains the same steps and schedule.
+    budget: dict[str, Any] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -182,9 +184,10 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainerState,
     total_limit: int | None = None,
-    ema: dict[str, torch.Tensor] | None = None,
+    parts: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write ``checkpoint-<global_step>`` atomically (collective: every process must call it)."""
+    """Write ``checkpoint-<global_step>`` atomically (collective: every process must call it); ``parts`` are the
+    tensors of the loop's parts by name (``ema``: ``ema.safetensors``)."""
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{state.global_step}"
     tmp = root / f".{final.name}.tmp"
@@ -202,8 +205,8 @@ def save_checkpoint(
             _write_tensors(tmp / OPTIMIZER_FILE, optimizer_tensors)
             _write_json(tmp / OPTIMIZER_META_FILE, optimizer_meta)
             _write_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
-            if ema is not None:
-                _write_tensors(tmp / EMA_FILE, ema)
+            for name, tensors in (parts or {}).items():
+                _write_tensors(tmp / f"{name}.safetensors", tensors)
             if accelerator.scaler is not None:
                 _write_json(tmp / SCALER_FILE, accelerator.scaler.state_dict())
             _write_json(tmp / STATE_FILE, asdict(state))  # last: its presence marks a complete checkpoint
@@ -225,19 +228,20 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: Any | None = None,
+    parts: Sequence[Any] = (),
 ) -> TrainerState:
-    """Restore everything :func:`save_checkpoint` wrote; returns the loop position. ``ema`` (an object with
-    ``load_state_dict``) gets the averaged weights the checkpoint holds."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the loop position. Each of ``parts`` (objects with
+    ``name`` and ``load_state_dict``, e.g. the EMA) gets the tensors the checkpoint holds for it."""
     state = TrainerState.load(folder)
     load_trainable_state_dict(accelerator.unwrap_model(model), folder / MODEL_FILE)
     meta = json.loads((folder / OPTIMIZER_META_FILE).read_text())
     optimizer.load_state_dict(_optimizer_from_files(load_file(folder / OPTIMIZER_FILE), meta))
     scheduler.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
-    if ema is not None:
-        if not (folder / EMA_FILE).is_file():
-            raise FileNotFoundError(f"{folder} has no {EMA_FILE}: it was written without --ema_decay.")
-        ema.load_state_dict(load_file(folder / EMA_FILE))
+    for part in parts:
+        path = folder / f"{part.name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {path.name}: it was written by a run without this {part.name}.")
+        part.load_state_dict(load_file(path))
     if accelerator.scaler is not None and (folder / SCALER_FILE).is_file():
         accelerator.scaler.load_state_dict(json.loads((folder / SCALER_FILE).read_text()))
     rng_file = folder / f"rng_{accelerator.process_index}.safetensors"
@@ -262,3 +266,13 @@ def save_best(output_dir: str | os.PathLike, model: nn.Module, *, step: int, met
 
 def best_model_path(output_dir: str | os.PathLike) -> Path:
     return checkpoint_root(output_dir) / BEST_FILE
+
+
+def stop_message(what: str, state: TrainerState, output_dir: Path, resume: Path | None, *, fp16: bool) -> str:
+    """Why a run stopped at the coming step, and how to continue from its last good checkpoint."""
+    where = f"{what} at step {state.global_step + 1} (epoch {state.epoch}); stopped without applying it."
+    advice = "lower --learning_rate" + (" or use --bf16 instead of --fp16" if fp16 else "")
+    last = (list_checkpoints(output_dir) or [resume])[-1]
+    if last is None:
+        return f"{where} No checkpoint yet: {advice}."
+    return f"{where} The last good checkpoint is {last}: {advice} and continue with --resume_from_checkpoint latest."

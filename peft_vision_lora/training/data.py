@@ -61,11 +61,17 @@ def class_names(data: DatasetDict, source: str) -> list[str]:
     return names
 
 
+def resolve_eval_strategy(eval_strategy: str | None, splits: DatasetDict) -> str:
+    """``--eval_strategy`` as given, else ``epoch`` when a validation split can select the best weights, else ``no``
+    (the test split is then evaluated once, at the end)."""
+    return eval_strategy or ("epoch" if "validation" in splits else "no")
+
+
 def choose_eval_splits(splits: DatasetDict, eval_strategy: str) -> tuple[str | None, str | None]:
     """The split evaluated during training and the test split evaluated at the end (when it is not that one).
 
     A validation split evaluates during training and selects the best weights; without one the test split is only
-    watched, never used to select (that would leak it into the reported result).
+    watched (when ``eval_strategy`` asks for it), never used to select (that would leak it into the reported result).
     """
     found = [s for s in ("validation", "test") if s in splits]
     eval_split = found[0] if found and eval_strategy != "no" else None

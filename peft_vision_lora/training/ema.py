@@ -14,10 +14,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .parts import LoopPart
 
-class EMA:
+
+class EMA(LoopPart):
     """``shadow = decay * shadow + (1 - decay) * weights`` after every optimizer step, with the usual warmup
     ``decay_t = min(decay, (1 + t) / (10 + t))`` so that early steps are not dominated by the initial weights."""
+
+    name = "ema"
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
@@ -26,8 +30,11 @@ class EMA:
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.shadow = {name: p.detach().clone() for name, p in self.params.items()}
 
+    def recipe(self) -> str:
+        return f"EMA {self.decay:g}"
+
     @torch.no_grad()
-    def update(self, step: int) -> None:
+    def after_step(self, step: int) -> None:
         """Fold in the weights after optimizer step ``step`` (1-based)."""
         decay = min(self.decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(list(self.shadow.values()), list(self.params.values()), 1 - decay)
@@ -43,6 +50,12 @@ class EMA:
             with torch.no_grad():
                 for name, p in self.params.items():
                     p.copy_(raw[name])
+
+    def finish(self) -> None:
+        """From here on the model holds the averaged weights: evaluated and saved as such."""
+        self.copy_to_model()
+        self.params.clear()  # nothing left to swap in: the model is the average
+        self.shadow.clear()
 
     @torch.no_grad()
     def copy_to_model(self) -> None:

@@ -6,12 +6,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
+from transformers.image_processing_utils import BaseImageProcessor
 
 from ..architectures import get_architecture
 from ..modeling import build_classifier, build_model
-from ..resizing import native_image_size
+from ..processing import Preprocessing, load_image_processor, native_image_size
 from .arguments import ModelArguments
 
 
@@ -20,10 +22,40 @@ def head_module(model: nn.Module) -> nn.Module:
     return getattr(base, get_architecture(base).head)
 
 
+def base_checkpoint(args: ModelArguments, accelerator: Accelerator) -> str:
+    """``--model``, else the offline default backbone (converted once, by the first process)."""
+    if args.model:
+        return args.model
+    with accelerator.main_process_first():
+        from ..offline.backbone import default_model_path
+
+        return default_model_path()
+
+
+def build_run_model(
+    args: ModelArguments, base: str | os.PathLike, labels: Sequence[str], *, gradient_checkpointing: bool = False
+) -> tuple[nn.Module, BaseImageProcessor, int]:
+    """The run's model, its one image processor and its one image size, resolved once: ``--image_size``, else the
+    size the checkpoint's processor produces (from its config when it ships none). Everything downstream (position
+    embeddings, the transforms, token counts, the recipe) takes the size from here."""
+    processor = load_image_processor(base, image_size=args.image_size, normalization=args.normalization)
+    size = Preprocessing.from_processor(processor).size[0]
+    model = build_training_model(args, base, labels, image_size=size, image_processor=processor)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, processor, size
+
+
 def build_training_model(
-    args: ModelArguments, base: str | os.PathLike, labels: Sequence[str], *, image_size: int | None = None
+    args: ModelArguments,
+    base: str | os.PathLike,
+    labels: Sequence[str],
+    *,
+    image_size: int | None = None,
+    image_processor: BaseImageProcessor | None = None,
 ) -> nn.Module:
-    """The model of ``args.method`` with a head over ``labels``, built for ``image_size``, trainable parameters set."""
+    """The model of ``args.method`` with a head over ``labels``, built for ``image_size``, trainable parameters set;
+    a LoRA model keeps ``image_processor`` (default: the base's) to save with its adapter."""
     if args.method == "lora":
         return build_model(
             base,
@@ -36,6 +68,7 @@ def build_training_model(
             use_dora=args.use_dora,
             image_size=image_size,
             lora_layers=args.lora_layers,
+            image_processor=image_processor,
         )
     model = build_classifier(base, labels, image_size=image_size)
     if args.method == "linear":

@@ -83,26 +83,40 @@ def build_scheduler(
     return get_scheduler(name, optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=total_steps)
 
 
+# The --min_steps floor lengthens small datasets' runs, but never past this many epochs: on a few hundred images a
+# fixed step count means a dozen epochs, which overtrain (a 2-class set of 245 photos peaked at 6 epochs of 14).
+MAX_FLOOR_EPOCHS = 5
+
+
 @dataclass(frozen=True)
 class StepPlan:
-    """How long a run is in optimizer steps, and how that maps onto epochs of its data."""
+    """How long a run is in optimizer steps, how that maps onto epochs of its data, and what set it."""
 
     batches_per_epoch: int  # loader batches per epoch; 0: a stream of unknown length
     steps_per_epoch: int
     total_steps: int
     num_epochs: int
+    reason: str = "epochs"  # epochs, max_steps, floor (--min_steps), budget[-provisional] (--time_budget)
 
     @property
     def epochs(self) -> float:
         """The run's length in epochs (nan for a stream of unknown length)."""
         return self.total_steps / self.steps_per_epoch if self.steps_per_epoch else math.nan
 
+    def with_total(self, total_steps: int, reason: str) -> StepPlan:
+        num_epochs = math.ceil(total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
+        return StepPlan(self.batches_per_epoch, self.steps_per_epoch, total_steps, num_epochs, reason)
+
 
 def plan_steps(
     batches_per_epoch: int, *, gradient_accumulation_steps: int, num_train_epochs: float, max_steps: int, min_steps: int
 ) -> StepPlan:
-    """``max_steps`` if set, else ``num_train_epochs`` of the data with a floor of ``min_steps`` (small datasets)."""
+    """``max_steps`` if set, else ``num_train_epochs`` of the data with a floor of ``min_steps`` for small datasets
+    (at most :data:`MAX_FLOOR_EPOCHS` epochs)."""
     steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
-    total = max_steps if max_steps > 0 else max(math.ceil(num_train_epochs * steps_per_epoch), min_steps)
-    num_epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else 1
-    return StepPlan(batches_per_epoch, steps_per_epoch, total, num_epochs)
+    plan = StepPlan(batches_per_epoch, steps_per_epoch, 0, 1)
+    if max_steps > 0:
+        return plan.with_total(max_steps, "max_steps")
+    epochs = math.ceil(num_train_epochs * steps_per_epoch)
+    floor = min(min_steps, MAX_FLOOR_EPOCHS * steps_per_epoch)
+    return plan.with_total(max(epochs, floor), "floor" if floor > epochs else "epochs")

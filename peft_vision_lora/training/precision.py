@@ -9,10 +9,11 @@ newer GPUs; CPUs with AVX-512 BF16 or AMX) it reached the same accuracy in fewer
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env
 
 from .arguments import TrainingArguments
 
@@ -47,3 +48,16 @@ def resolve_mixed_precision(args: TrainingArguments, device: torch.device) -> st
     if launcher:
         return launcher.lower()
     return "bf16" if native_bf16(device) else "no"
+
+
+def build_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
+    """The run's Accelerator: its mixed precision, gradient accumulation, trackers and global-batch data loading."""
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(args, launch_device()),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # The dataloader yields global batches and each process takes its slice: every step sees the same samples
+        # for any number of processes, and so the result is the same (up to float reduction order).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+    )

@@ -22,7 +22,7 @@ from peft_vision_lora.data import (
     normalize_on_device,
     random_resized_crop_box,
 )
-from peft_vision_lora.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from peft_vision_lora.processing import IMAGENET_MEAN, IMAGENET_STD
 
 SIZES = [(500, 375), (375, 500), (333, 251), (511, 383), (301, 457), (640, 480), (224, 224), (97, 61), (7, 5)]
 MODEL = SHARED / "models" / "vit-small-patch14-dinov2-imgfocus"

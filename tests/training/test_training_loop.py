@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import PIL.Image
@@ -184,7 +185,7 @@ def test_empty_split_fails_before_training(tiny_vit, tmp_path):
 RECIPE_OPTIONS = [
     "--token_keep", "0.5", "--token_keep_min", "1",
     "--resolution_schedule", "16", "32", "--ema_decay", "0.8", "--head_init", "linear_probe",
-    "--lora_layers", "1", "--tta_flip",
+    "--lora_layers", "1",
 ]  # fmt: skip
 
 
@@ -267,3 +268,26 @@ def test_options_by_name_and_an_in_memory_dataset(tiny_vit, tiny_data, tmp_path)
         train(dataset=str(tiny_data), output_dir=str(tmp_path / "x"), lora_rank=4)
     with pytest.raises(TypeError, match="not a mix"):
         train(*parse_args(["--dataset", str(tiny_data), "--output_dir", str(tmp_path / "y")]), max_steps=3)
+
+
+def test_phases_add_up_to_the_whole_run(tiny_vit, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--model", str(tiny_vit), "--dataset", str(tiny_data), "--output_dir", str(out), "--disable_tqdm"]
+    args = parse_args([*flags, "--max_steps", "4", "--eval_steps", "2", "--per_device_train_batch_size", "8"])
+    started = time.perf_counter()
+    metrics = train(*args)
+    wall = time.perf_counter() - started
+    phases = metrics["phases"]
+    assert set(phases) == {"startup_s", "linear_probe_s", "train_s", "eval_s", "outputs_s", "total_s"}
+    # Library calls count from the Trainer's construction: the phases are the call itself, to 2%.
+    assert sum(v for k, v in phases.items() if k != "total_s") == pytest.approx(phases["total_s"], rel=0.02)
+    assert phases["total_s"] == pytest.approx(wall, rel=0.02)
+    assert json.loads((out / "metrics.json").read_text())["phases"] == phases  # written after the outputs
+    evaluations = [e for e in metrics_log(out) if "eval_top1_accuracy" in e]
+    assert [e["step"] for e in evaluations] == [2, 4] and all(e["eval_s"] > 0 for e in evaluations)
+    # Validation twice, test once, and the best weights' re-evaluation when step 2 was the best.
+    assert phases["eval_s"] >= sum(e["eval_s"] for e in evaluations)
+
+
+def metrics_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

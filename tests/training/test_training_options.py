@@ -11,6 +11,7 @@ import yaml
 from peft_vision_lora.data import TransformOptions
 from peft_vision_lora.data.augment import Augmentation
 from peft_vision_lora.training import DataArguments, ModelArguments, TrainingArguments, parse_args, to_command
+from peft_vision_lora.training.arguments import steps_every
 
 
 def test_flags_use_transformers_names_and_aliases():
@@ -45,15 +46,30 @@ def test_flags_use_transformers_names_and_aliases():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_config_file_gives_the_same_options_as_flags(tmp_path, suffix):
-    options = {"dataset": "data/", "output_dir": "out", "method": "linear", "learning_rate": 0.01, "bf16": True}
+    options = {
+        "dataset": "data/", "output_dir": "out", "method": "linear", "learning_rate": 0.01, "bf16": True,
+        "image_size": 112,
+    }  # fmt: skip
     path = tmp_path / f"run{suffix}"
     path.write_text(yaml.safe_dump(options) if suffix == ".yaml" else json.dumps(options))
     from_file = parse_args([str(path)])
     from_flags = parse_args(
-        ["--dataset", "data/", "--output_dir", "out", "--method", "linear", "--learning_rate", "0.01", "--bf16"]
-    )
+        ["--dataset", "data/", "--output_dir", "out", "--method", "linear", "--learning_rate", "0.01", "--bf16",
+         "--image_size", "112"]
+    )  # fmt: skip
     assert from_file == from_flags
     assert from_file[2].bf16 is True
+    assert from_file[0].image_size == 112  # a model option: the model, its processor and the transforms share it
+
+
+def test_eval_steps_as_a_fraction_of_the_run():
+    assert parse_args(["--output_dir", "o", "--eval_steps", "5"])[2].eval_steps == 5
+    fraction = parse_args(["--output_dir", "o", "--eval_steps", "0.25"])[2]
+    assert fraction.eval_strategy == "steps"
+    assert [steps_every(fraction.eval_steps, total) for total in (100, 6, 30, 1)] == [25, 2, 8, 1]
+    assert steps_every(0.1, 30) == 3  # 0.1 * 30 is 3.0000000000000004 in floats
+    with pytest.raises(ValueError, match="--eval_steps must be whole steps or a fraction below 1, got 2.5"):
+        TrainingArguments(output_dir="o", eval_steps=2.5)
 
 
 def test_command_reproduces_the_options():

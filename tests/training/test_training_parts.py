@@ -13,13 +13,20 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import CLIPConfig, CLIPForImageClassification
 
 from peft_vision_lora.evaluation.metrics import compute_metrics, load_metric
-from peft_vision_lora.resizing import resize_position_embeddings
+from peft_vision_lora.processing import resize_position_embeddings
 from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
 from peft_vision_lora.training.data import check_same_classes, choose_eval_splits, class_names
 from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing
-from peft_vision_lora.training.optim import StepPlan, build_optimizer, build_scheduler, parameter_groups, plan_steps
+from peft_vision_lora.training.optim import (
+    MAX_FLOOR_EPOCHS,
+    StepPlan,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+    plan_steps,
+)
 from peft_vision_lora.training.sampler import EpochShuffleSampler
 
 LABELS = ["red", "green", "blue"]
@@ -99,12 +106,17 @@ def test_run_length_in_steps_and_epochs():
         return plan_steps(batches, **{**defaults, **options})
 
     assert plan(10) == StepPlan(batches_per_epoch=10, steps_per_epoch=10, total_steps=30, num_epochs=3)
+    assert plan(10).reason == "epochs"
     # Accumulation: 11 batches make 6 optimizer steps (the last one short).
     accumulated = plan(11, gradient_accumulation_steps=2)
     assert (accumulated.steps_per_epoch, accumulated.total_steps) == (6, 18)
-    # The floor for small datasets: 100 steps of a 4-batch epoch are 25 epochs.
-    floored = plan(4, min_steps=100)
-    assert (floored.total_steps, floored.num_epochs, floored.epochs) == (100, 25, 25.0)
+    # The floor for small datasets: 100 steps of a 25-batch epoch are 4 epochs...
+    floored = plan(25, min_steps=100)
+    assert (floored.total_steps, floored.num_epochs, floored.epochs, floored.reason) == (100, 4, 4.0, "floor")
+    # ... but it never goes past MAX_FLOOR_EPOCHS: a 4-batch epoch gets 5 epochs (20 steps), not 25.
+    capped = plan(4, min_steps=100)
+    assert (capped.total_steps, capped.num_epochs, capped.reason) == (4 * MAX_FLOOR_EPOCHS, MAX_FLOOR_EPOCHS, "floor")
+    assert plan(4, num_train_epochs=8, min_steps=100).total_steps == 32  # more epochs asked: no floor
     # --max_steps wins over both; a stream of unknown length has no epochs.
     assert plan(4, max_steps=7, min_steps=100).total_steps == 7
     stream = plan(0, max_steps=50)

@@ -1,5 +1,5 @@
-"""The speed and recipe options of a run: token dropout, LoRA depth, progressive resolution, LP-FT, EMA, flip TTA,
-the step floor; and that none of them changes what a saved adapter is."""
+"""The speed and recipe options of a run: token dropout, LoRA depth, progressive resolution, LP-FT, EMA, the
+step floor; and that none of them changes what a saved adapter is."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from peft_vision_lora.training import parse_args, train
 ALL_OPTIONS = [
     "--token_keep", "0.5", "--token_keep_min", "1",
     "--lora_layers", "1", "--resolution_schedule", "16", "32", "--head_init", "linear_probe",
-    "--ema_decay", "0.9", "--tta_flip",
+    "--ema_decay", "0.9",
 ]  # fmt: skip
 
 
