@@ -90,8 +90,9 @@ def main() -> None:
     loader = DataLoader(train, batch_size=32, shuffle=True, drop_last=True, collate_fn=lambda b: b)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=args.epochs * len(loader))
-    log, started = [], time.perf_counter()
+    log, train_s = [], 0.0
     for epoch in range(args.epochs):
+        started = time.perf_counter()
         for batch in loader:
             pixels = torch.stack([train_image(p, args.image_size, rng) for p, _ in batch])
             logits = model(pixel_values=pixels, interpolate_pos_encoding=True).logits
@@ -100,10 +101,12 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-        log.append({"epoch": epoch + 1, "test_top1": evaluate(model, test, args.image_size)})
-        print(json.dumps({**log[-1], "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        train_s += time.perf_counter() - started  # evaluation left out, as in the package's train_s
+        log.append({"epoch": epoch + 1, "test_top1": evaluate(model, test, args.image_size), "train_s": train_s})
+        print(json.dumps(log[-1]), flush=True)
     model.save_pretrained(args.output_dir)
-    Path(args.output_dir, "log.json").write_text(json.dumps(log))
+    summary = {"log": log, "total_steps": args.epochs * len(loader), "global_batch_size": 32, "images": len(train)}
+    Path(args.output_dir, "log.json").write_text(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Time to accuracy as a matrix: datasets x recipes x seeds, each run a ``peft-vision-lora train`` in its own process.
+"""Time to accuracy as a matrix: datasets x recipes x seeds, each run the whole command a user waits for.
 
 Datasets (all at ``--image_size``, 112 px by default, the CPU recipe):
 
@@ -8,33 +8,39 @@ Datasets (all at ``--image_size``, 112 px by default, the CPU recipe):
 - ``fashion-mnist-1k``: 100 train / 100 test images per class of Debian's ``dataset-fashion-mnist`` (28 px), the
   subset the offline main job draws from (seed 0).
 
-Recipes, all LoRA on the shared ViT-S/14 (DINOv2 weights) through our loop:
+Recipes, all LoRA on the shared ViT-S/14 (DINOv2 weights):
 
-- ``previous``: the defaults before token dropout and the recipe work (qkv r=8, lr 1e-3, batch 16, 3 epochs, crop
-  scale 0.08-1, random head, every token, every layer);
-- ``default``: today's defaults (no flags);
-- ``stock``: transformers' image-classification example with the PEFT notebook's LoRA: r=16, alpha 16, dropout 0.1
-  on query and value, lr 5e-3, no random crop or flip, fp32, 3 epochs of batch 16;
-- ``hand-loop``: the settings of a plain 60-line loop: qkv r=8, AdamW lr 2e-3 (warmup + cosine), batch 32, crop
-  scale 0.35-1, fp32, 3 epochs;
-- on request, the default with one option changed: ``every-token`` (no token dropout), ``progressive`` (56, 84 then
-  112 px), ``last-6-layers`` (``--lora_layers 6``), ``label-smoothing`` (0.1).
+- through our loop, as ``python -m peft_vision_lora.cli train ...``: ``default`` (no flags); ``previous`` (the
+  defaults before the recipe work: lr 1e-3, batch 16, 3 epochs, crop 0.08-1, random head, every token); ``stock``
+  (transformers' example with the PEFT notebook's LoRA: r=16 on query/value, lr 5e-3, no crop or flip, fp32, 3
+  epochs of 16); ``hand-loop`` (a hand loop's settings: lr 2e-3, batch 32, crop 0.35-1, fp32, 3 epochs, every
+  token, random head); on request the default with one option changed (``every-token``, ``progressive``,
+  ``last-6-layers``, ``label-smoothing``);
+- ``stock-loop``, ``stock-loop-N``: ``benchmarks/hand_loop.py``, stock transformers + PEFT in a plain loop (qkv r=8,
+  AdamW 2e-3 one-cycle, batch 32, fp32, every token), 3 or N epochs, evaluating the test split after each epoch;
+- ``budget=RECIPE``: the default with ``--time_budget`` set to the whole-command seconds of RECIPE's run on the
+  same dataset and seed (list RECIPE first), e.g. ``budget=stock-loop-4``: what the package reaches in the time the
+  hand loop takes for 4 epochs.
 
-The test split is evaluated ``--evaluations`` times per run (4); the clock counts training only (``train_s`` of the
-run's log: evaluations excluded, LP-FT head fitting included). Reported per dataset and recipe over the seeds: mean
-+- std test top-1, seconds to 90% and 95% of the best mean final top-1 of that dataset (first evaluation at or above it;
-"-" if a seed never got there), training seconds, whole-run seconds (process start to saved folder, the
-intermediate evaluations left out), img/s, the fraction of training time spent waiting for data.
+``run s`` is the wall time of the whole command (process start to exit: imports, data, model, training,
+evaluations, outputs), measured by this driver around the subprocess; our loop's runs evaluate the test split once,
+at the end, as the plain command does (``--evaluations N`` adds N-1 evaluations for the s-to-90% columns and leaves
+their seconds out of ``run s``). ``train s`` leaves evaluations out; LP-FT head fitting is in it. Ratios of ``run s``
+compare like with like only at the same precision: ``--bf16 false`` for fp32 on both sides (what a CPU without bf16
+units runs). The machine line names the CPU and its bf16 flags.
 
 Defaults were *chosen* on validation splits carved from train (``--val_fraction``); this benchmark reports test.
 
-    python benchmarks/time_to_accuracy.py                      # the table in RESULTS.md (about 90 min on 2 cores)
-    python benchmarks/time_to_accuracy.py --datasets cifar10-1k --recipes default hand-loop --seeds 0
+    python benchmarks/time_to_accuracy.py --datasets cifar10-1k --recipes default stock-loop --seeds 0 --bf16 false
+    python benchmarks/time_to_accuracy.py --recipes stock-loop-4 budget=stock-loop-4 --bf16 false
     python benchmarks/time_to_accuracy.py --quick              # tiny random ViT, tiny synthetic folder: a smoke run
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,15 +51,14 @@ from typing import Any
 
 from _harness import (
     FLOWERS12,
+    REPO,
     SHARED,
     SHARED_VIT,
-    child_main,
     common_parser,
     format_machine,
     machine_info,
     make_random_vit,
     markdown_table,
-    run_child,
     write_json,
 )
 
@@ -91,42 +96,79 @@ RECIPE_FLAGS = {
 }
 
 
-# ------------------------------------------------------------------------------------------------------------ worker
+# ------------------------------------------------------------------------------------------------------------ runs
+
+HAND_LOOP = Path(__file__).resolve().parent / "hand_loop.py"
 
 
-def work(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one (dataset, recipe, seed); return its test top-1 curve against training seconds and its timings."""
+def hand_loop_epochs(recipe: str) -> int | None:
+    """3 for ``stock-loop``, N for ``stock-loop-N``, None for any other recipe."""
+    if recipe == "stock-loop":
+        return 3
+    prefix = "stock-loop-"
+    return int(recipe[len(prefix) :]) if recipe.startswith(prefix) and recipe[len(prefix) :].isdigit() else None
+
+
+def timed(command: list[str], threads: int, timeout: float) -> float:
+    """Seconds of ``command`` from spawn to exit, as a user waits for it."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     started = time.perf_counter()
-    from transformers.utils import logging as hf_logging
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip()[-2000:] or f"exit {proc.returncode}")
+    return seconds
 
-    from peft_vision_lora.training import parse_args
-    from peft_vision_lora.training.loop import Trainer
 
-    hf_logging.set_verbosity_error()
-    with tempfile.TemporaryDirectory() as out:
-        flags = [*config["flags"], "--output_dir", out, "--save_strategy", "no", "--disable_tqdm"]
-        # Evaluate this many times whatever the run's length (known only once the data is loaded): a fraction.
-        trainer = Trainer(*parse_args([*flags, "--eval_steps", repr(1 / config["evaluations"])]))
-        results = trainer.train()
-    wall_s = time.perf_counter() - started
-    curve = [
-        {"step": e["step"], "train_s": e["train_s"], "top1": e["eval_top1_accuracy"]}
-        for e in trainer.state.log_history
-        if "eval_top1_accuracy" in e
-    ]
-    images = trainer.total_steps * trainer.global_batch_size
+def run_ours(flags: list[str], out: Path, *, evaluations: int, threads: int, timeout: float) -> dict[str, Any]:
+    """One ``peft-vision-lora train`` command; its top-1 curve, timings and phases."""
+    extra = ["--eval_steps", repr(1 / evaluations)] if evaluations > 1 else []
+    command = [sys.executable, "-m", "peft_vision_lora.cli", "train", *flags, *extra]
+    wall_s = timed([*command, "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm"], threads, timeout)
+    results = json.loads((out / "metrics.json").read_text())
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [e for e in log if "eval_top1_accuracy" in e]
+    curve = [{"step": e["step"], "train_s": e["train_s"], "top1": e["eval_top1_accuracy"]} for e in evals]
     train = results["train"]
     return {
         "curve": curve,
         "final_top1": results["test"]["top1_accuracy"],
         "train_s": train["train_s"],
-        # The whole run as a user would time it, less the intermediate evaluations this benchmark adds.
-        "run_s": wall_s - (trainer.eval_s - trainer.last_eval_s),
-        "images_per_s": images / train["train_s"],
+        # The whole command, less the evaluations this benchmark added (the final one is the command's own).
+        "run_s": wall_s - sum(e["eval_s"] for e in evals[:-1]) if extra else wall_s,
+        "phases": results["phases"],
+        "images_per_s": results["total_steps"] * results["global_train_batch_size"] / train["train_s"],
         "data_wait_fraction": train["data_wait_fraction"],
         "mixed_precision": results["mixed_precision"],
-        "total_steps": trainer.total_steps,
-        "global_batch_size": trainer.global_batch_size,
+        "total_steps": results["total_steps"],
+        "global_batch_size": results["global_train_batch_size"],
+        "time_budget": results.get("time_budget"),
+    }
+
+
+def run_hand_loop(flags: list[str], out: Path, *, epochs: int, threads: int, timeout: float) -> dict[str, Any]:
+    """One ``hand_loop.py`` command (it evaluates the test split after every epoch, as such loops do)."""
+    keep = {"--model", "--dataset", "--image_size", "--seed"}
+    own = [x for i in range(0, len(flags), 2) if flags[i] in keep for x in flags[i : i + 2]]
+    command = [sys.executable, str(HAND_LOOP), *own, "--epochs", str(epochs), "--output_dir", str(out)]
+    wall_s = timed(command, threads, timeout)
+    summary = json.loads((out / "log.json").read_text())
+    log = summary["log"]
+    steps_per_epoch = summary["total_steps"] // epochs
+    return {
+        "curve": [{"step": e["epoch"] * steps_per_epoch, "train_s": e["train_s"], "top1": e["test_top1"]} for e in log],
+        "final_top1": log[-1]["test_top1"],
+        "train_s": log[-1]["train_s"],
+        "run_s": wall_s,
+        "images_per_s": summary["total_steps"] * summary["global_batch_size"] / log[-1]["train_s"],
+        "data_wait_fraction": 0.0,  # not measured by a hand loop
+        "mixed_precision": "no",
+        "total_steps": summary["total_steps"],
+        "global_batch_size": summary["global_batch_size"],
     }
 
 
@@ -196,48 +238,63 @@ def summarise(runs: list[dict[str, Any]], best: float) -> dict[str, Any]:
     return row
 
 
+def check_recipe(recipe: str) -> str:
+    """argparse type of ``--recipes``: a known recipe, ``stock-loop[-N]`` or ``budget=RECIPE``."""
+    base = recipe.removeprefix("budget=")
+    if base in RECIPE_FLAGS or hand_loop_epochs(base):
+        return recipe
+    raise argparse.ArgumentTypeError(f"unknown recipe {recipe!r}: {', '.join(RECIPE_FLAGS)}, stock-loop[-N], budget=R")
+
+
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPE_FLAGS), default=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", type=check_recipe, default=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--evaluations", type=int, default=4, help="test evaluations per run, the last at the end")
+    parser.add_argument("--bf16", choices=("auto", "true", "false"), default="auto", help="our runs' --bf16")
+    parser.add_argument("--evaluations", type=int, default=1, help="test evaluations per run of ours (1: at the end)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one run")
     args = parser.parse_args()
-    if args.evaluations < 2:  # passed as the fraction --eval_steps 1/N, which must be below 1
-        parser.error("--evaluations must be at least 2 (the last one is at the end of the run)")
+    for recipe in args.recipes:
+        target = recipe.removeprefix("budget=")
+        if recipe != target and (target not in args.recipes or args.recipes.index(target) > args.recipes.index(recipe)):
+            parser.error(f"{recipe} needs {target} listed before it")
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
             model, data = make_quick_assets(Path(tmp))
             datasets, args.seeds, args.image_size = {"synthetic": data}, args.seeds[:1], 32
-            extra = ["--num_train_epochs", "2", "--min_steps", "0"]  # 48 images: 6 steps of 16 (hand-loop: 4 of 32)
+            extra = ["--num_train_epochs", "4", "--min_steps", "0"]  # 48 images: 6 steps of 32
         elif (SHARED_VIT / "model.safetensors").is_file():
             model, datasets, extra = SHARED_VIT, prepare_datasets(args.datasets, Path(tmp)), []
         else:
             parser.error(f"{SHARED_VIT} not found: ../shared is needed (or run with --quick).")
+        extra += [] if args.bf16 == "auto" else ["--bf16", args.bf16]
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {r: [] for r in args.recipes} for name in datasets}
         # Seeds outermost, recipes innermost: a slow drift of a shared machine hits every recipe alike.
-        for seed in args.seeds:
-            for name, path in datasets.items():
-                for recipe in args.recipes:
-                    flags = ["--model", str(model), "--dataset", str(path), "--normalization", "imagenet"]
-                    flags += ["--image_size", str(args.image_size), "--seed", str(seed), *RECIPE_FLAGS[recipe], *extra]
-                    config = {"name": f"{name}/{recipe}/{seed}", "flags": flags, "threads": args.threads}
-                    config["evaluations"] = args.evaluations
-                    started = time.perf_counter()
-                    try:
-                        result = run_child(Path(__file__), config, timeout=args.timeout)
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        result = {"error": str(exc).strip().splitlines()[-1][:300]}
-                    runs[name][recipe].append(result)
-                    top1 = result.get("final_top1")
-                    print(
-                        f"{config['name']}: {time.perf_counter() - started:.0f}s, top-1 {top1}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        for seed, (name, path) in ((seed, item) for seed in args.seeds for item in datasets.items()):
+            for number, recipe in enumerate(args.recipes):
+                flags = ["--model", str(model), "--dataset", str(path), "--normalization", "imagenet"]
+                flags += ["--image_size", str(args.image_size), "--seed", str(seed)]
+                out, limits = (
+                    Path(tmp) / f"run-{name}-{seed}-{number}",
+                    {"threads": args.threads, "timeout": args.timeout},
+                )
+                started = time.perf_counter()
+                try:
+                    if hand_loop_epochs(recipe):
+                        result = run_hand_loop(flags, out, epochs=hand_loop_epochs(recipe), **limits)
+                    else:
+                        target = recipe.removeprefix("budget=")
+                        budget = ["--time_budget", f"{runs[name][target][-1]['run_s']:.0f}"] if target != recipe else []
+                        flags += [*RECIPE_FLAGS[target if not budget else "default"], *extra, *budget]
+                        result = run_ours(flags, out, evaluations=args.evaluations, **limits)
+                except (RuntimeError, KeyError, subprocess.TimeoutExpired) as exc:
+                    result = {"error": str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)}
+                runs[name][recipe].append(result)
+                top1 = result.get("final_top1")
+                print(f"{name}/{recipe}/{seed}: {time.perf_counter() - started:.0f}s, top-1 {top1}", file=sys.stderr)
 
     rows, table = [], []
     for name, by_recipe in runs.items():
@@ -269,13 +326,13 @@ def main() -> None:
     info = machine_info(args.threads)
     print(format_machine(info))
     print(
-        f"ViT-S/14 (DINOv2) LoRA at {args.image_size} px; seeds {args.seeds}; test top-1 evaluated "
-        f"{args.evaluations} times per run; seconds are training seconds (evaluation excluded) unless 'run s'.\n"
+        f"ViT-S/14 (DINOv2) LoRA at {args.image_size} px; seeds {args.seeds}; our runs evaluate the test split "
+        f"{args.evaluations} time(s); 'run s' is the whole command, 'train s' leaves evaluations out.\n"
     )
     headers = ["dataset", "recipe", "test top-1 %", "s to 90%", "s to 95%", "train s", "run s", "img/s", "data wait"]
     print(markdown_table([*headers, "precision"], table))
     write_json(args.json, {"benchmark": "time_to_accuracy", "machine": info, "rows": rows, "runs": runs})
 
 
-if __name__ == "__main__" and not child_main(work):
+if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ from .parts import LoopPart
 
 # Writing the run folder (adapter, processor, card, metrics, plots) and the process exit, beyond the evaluations:
 # a few seconds on CPU. Held back from every budget, with a share of the budget for the noise of a shared machine.
-OUTPUTS_RESERVE_S = 8.0
+OUTPUTS_RESERVE_S = 3.0
 NOISE_RESERVE = 0.03
 
 
@@ -86,7 +86,8 @@ def plan_budget(
     cadence); ``final_s`` is what comes after the last step whatever the length. Raises :class:`BudgetError`, naming
     the measured times, when not even ``min_steps`` fit.
     """
-    usable = budget_s * (1 - NOISE_RESERVE) - OUTPUTS_RESERVE_S - elapsed_s - final_s
+    keep = 1 - NOISE_RESERVE
+    usable = budget_s * keep - OUTPUTS_RESERVE_S - elapsed_s - final_s
 
     def cost(total: int) -> float:
         return (total - steps_done) * step_s + evaluations_until(total) * eval_s
@@ -101,7 +102,7 @@ def plan_budget(
             f"--time_budget {budget_s:.0f}s cannot hold {max(min_steps, 1)} training step(s) and the final "
             f"evaluation: one step takes {step_s:.2f}s, one evaluation {eval_s:.1f}s, the final evaluation and "
             f"outputs {final_s + OUTPUTS_RESERVE_S:.0f}s, and {elapsed_s:.0f}s went to start-up. Give at least "
-            f"{(elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / (1 - NOISE_RESERVE):.0f}s."
+            f"{math.ceil((elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / keep)}s."
         )
     return BudgetPlan(budget_s, elapsed_s, step_s, eval_s, final_s, low, evaluations_until(low))
 

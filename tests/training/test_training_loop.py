@@ -161,9 +161,19 @@ def test_refuses_to_mix_runs(tiny_vit, tiny_data, tmp_path):
         run(tiny_vit, other, out, "--max_steps", "4", "--resume_from_checkpoint", "latest")
 
 
-def test_without_validation_split_the_test_split_is_watched_but_never_selects(tiny_vit, tmp_path):
+def test_without_validation_split_the_test_split_is_evaluated_once_at_the_end(tiny_vit, tmp_path):
     data = make_imagefolder(tmp_path / "data", per_class={"train": 4, "test": 2})
     metrics = run(tiny_vit, data, tmp_path / "out", "--max_steps", "4", "--per_device_train_batch_size", "4")
+    assert "eval" not in metrics and metrics["test"]["num_samples"] == 6 and metrics["best_step"] == 4
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert not [e for e in log if "eval_top1_accuracy" in e]  # nothing to select: no evaluation during training
+    assert metrics["phases"]["eval_s"] > 0  # the one test evaluation, at the end
+
+
+def test_without_validation_split_the_test_split_is_watched_but_never_selects(tiny_vit, tmp_path):
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 4, "test": 2})
+    flags = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--eval_strategy", "epoch"]
+    metrics = run(tiny_vit, data, tmp_path / "out", *flags)
     assert "eval" not in metrics and metrics["test"]["num_samples"] == 6
     assert metrics["best_step"] == 4  # the last weights, whatever the test accuracy along the way
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
