@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps test lint main clean
+.PHONY: install system-deps test test-quick lint main clean
 
 # Fashion-MNIST for the offline main job comes from Debian's registry (/usr/share/datasets/fashion-mnist).
 system-deps:
@@ -21,9 +21,19 @@ $(BIN)/python:
 install: $(BIN)/python system-deps
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 
+# pytest-xdist workers (one torch thread each); tests sharing an expensive fixture share a worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# The whole suite, then the 25 slowest tests.
 test: install
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest
+	$(PYTEST) --durations=25
+
+# The quick tier for the edit-test loop (a few minutes): no subprocess, no real backbone (`slow` in setup.cfg).
+test-quick:
+	@$(BIN)/python -c "import peft_vision_lora, xdist" 2>/dev/null || $(MAKE) install
+	$(PYTEST) -m "not slow" --durations=10
 
 # The offline main job: default backbone from PyPI, LoRA on Fashion-MNIST, evaluation, pipeline predictions.
 main: install

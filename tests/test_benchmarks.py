@@ -169,6 +169,7 @@ def test_data_pipeline_quick(tmp_path):
     assert "| shards / folder |" in stdout and "Start-up on cifar-large" in stdout
 
 
+@pytest.mark.slow
 def test_feature_ceiling_quick(tmp_path):
     stdout, result = run_benchmark("feature_ceiling.py", tmp_path)
     (row,) = result["rows"]

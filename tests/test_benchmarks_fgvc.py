@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from data.synthetic_layouts import (
+from helpers.layouts import (
     write_cifar100,
     write_cub,
     write_flowers102,
@@ -177,6 +177,7 @@ def test_unknown_training_option_fails_before_any_run(data_root, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # launches a (failing) subprocess
 def test_a_failed_run_is_reported_with_its_log(tmp_path, capsys):
     backbone, benchmark = fgvc.BACKBONES[0], fgvc.BENCHMARKS[1]
     script = "import sys; print('CUDA out of memory'); sys.exit(3)"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from accelerate.state import AcceleratorState
-from training.training_helpers import make_imagefolder, make_tiny_vit
+from helpers.training import make_imagefolder, make_tiny_vit
 
 from peft_vision_lora.cli import main
 

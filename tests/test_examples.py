@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from training.training_helpers import make_imagefolder, make_tiny_vit
+from helpers.training import make_imagefolder, make_tiny_vit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 
@@ -66,8 +67,12 @@ MAIN_JOB = Path(__file__).resolve().parents[1] / "examples" / "offline_main_job.
 
 
 @pytest.mark.slow
-def test_offline_main_job_end_to_end(tmp_path):
-    """README's main job at toy scale: default backbone from PyPI, Fashion-MNIST from Debian, stock pipeline."""
+def test_offline_main_job_end_to_end(real_backbone, tmp_path):
+    """README's main job at toy scale: default backbone from PyPI, Fashion-MNIST from Debian, stock pipeline.
+
+    The backbone comes from the cache that the real_backbone fixture built from the wheel (the conversion itself is
+    tested in tests/test_offline_backbone.py), not from the user's cache."""
+    from peft_vision_lora.offline.backbone import CACHE_ENV
     from peft_vision_lora.offline.fashion_mnist import DEBIAN_DIR
 
     pytest.importorskip("onnxruntime", reason="the default backbone needs the [onnx] extra")
@@ -76,7 +81,8 @@ def test_offline_main_job_end_to_end(tmp_path):
     out = tmp_path / "main-job"
     flags = ["--per_class_train", "4", "--per_class_test", "2", "--num_examples", "3", "--max_steps", "2"]
     command = [sys.executable, str(MAIN_JOB), "--output_dir", str(out), "--image_size", "28", *flags, "--disable_tqdm"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, CACHE_ENV: str(real_backbone[0].parent)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert f"Fashion-MNIST test top-1 {metrics['test']['top1_accuracy']:.4f}" in result.stdout

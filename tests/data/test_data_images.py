@@ -6,8 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from helpers.layouts import photo, quadrants, write_bomb_png, write_exif_rotated, write_jpeg
 from PIL import Image, ImageOps
-from synthetic_layouts import photo, quadrants, write_bomb_png, write_exif_rotated, write_jpeg
 
 from peft_vision_lora.data.images import (
     BadImageError,

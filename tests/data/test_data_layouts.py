@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
-from PIL import Image
-from synthetic_layouts import (
+from helpers.layouts import (
     CAR_NAMES,
     NABIRDS_LEAVES,
     photo,
@@ -24,6 +23,7 @@ from synthetic_layouts import (
     write_stanford_cars,
     write_stanford_dogs,
 )
+from PIL import Image
 
 from peft_vision_lora.data import FLOWERS102_CLASSES, LayoutError, load_image_dataset
 from peft_vision_lora.data import layouts as layouts_module

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from datasets import Image as ImageFeature
-from synthetic_layouts import FLOWERS12, write_jpeg, write_junk_folder
+from helpers.layouts import FLOWERS12, write_jpeg, write_junk_folder
 
 from peft_vision_lora.data import BadImageError, ImageTransforms, Preprocessing, load_image_dataset
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
+from helpers.layouts import FLOWERS12, SHARED, write_jpeg
 from PIL import Image
-from synthetic_layouts import FLOWERS12, SHARED, write_jpeg
 from transformers import CLIPImageProcessorPil, ViTImageProcessorPil
 
 from peft_vision_lora.data import (

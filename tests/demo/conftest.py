@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState
-from demo_helpers import flowers_subset, make_adapter, make_bad_images
+from helpers.demo import flowers_subset, make_adapter, make_bad_images
 
 pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 

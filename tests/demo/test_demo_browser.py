@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from demo_helpers import serving
+from helpers.demo import serving
 
 from peft_vision_lora.demo import build_app
 

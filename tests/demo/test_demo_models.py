@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import PIL.Image
 import pytest
-from demo_helpers import CONVERTED, REFUSED
+from helpers.demo import CONVERTED, REFUSED
 
 from peft_vision_lora.data.images import BadImageError
 from peft_vision_lora.demo import DemoModels, read_image
@@ -69,6 +69,7 @@ def test_concurrent_calls_match_sequential_ones(tiny_adapters):
     assert concurrent == sequential * 4
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_package_does_not_import_gradio():
     import subprocess
 

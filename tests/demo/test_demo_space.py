@@ -11,14 +11,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from demo_helpers import free_port
 from gradio_client import Client, handle_file
+from helpers.training import free_port
 
 from peft_vision_lora import hub
 from peft_vision_lora.cli import main
 from peft_vision_lora.demo import space
 
 
+@pytest.mark.slow  # app.py serves from its own interpreter
 def test_written_app_runs_the_demo_against_the_folder(tiny_adapters, tmp_path):
     out = space.write_space(tmp_path / "space", ["someone/colours-lora"], title="Colours", top_k=2)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "app.py", "requirements.txt"]

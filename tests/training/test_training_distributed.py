@@ -8,30 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from training_helpers import accelerate_launcher, adapter_difference, free_port
-
-from peft_vision_lora.training import parse_args, train
+from helpers.training import ONE_PROCESS_FLAGS, accelerate_launcher, adapter_difference, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train.py"
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
-    common = [
-        "--model",
-        str(tiny_vit),
-        "--dataset",
-        str(tiny_data),
-        "--max_steps",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--eval_steps",
-        "4",
-        "--per_device_eval_batch_size",
-        "5",
-        "--disable_tqdm",
-    ]
+def test_two_processes_match_one_process(tiny_vit, tiny_data, one_process_run, tmp_path):
+    common = ["--model", str(tiny_vit), "--dataset", str(tiny_data), *ONE_PROCESS_FLAGS]
     launch = [
         *accelerate_launcher(),
         "--multi_gpu",
@@ -53,9 +37,7 @@ def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # The launcher's --mixed_precision no decides the two-process run; the in-process run says it with a flag.
-    one_flags = [*common, "--per_device_train_batch_size", "4", "--bf16", "false"]
-    one_flags += ["--output_dir", str(tmp_path / "one")]
-    one_metrics = train(*parse_args(one_flags))
+    one, one_metrics = one_process_run
 
     two_metrics = json.loads((two / "metrics.json").read_text())
     assert two_metrics["num_processes"] == 2 and one_metrics["num_processes"] == 1
@@ -63,6 +45,6 @@ def test_two_processes_match_one_process(tiny_vit, tiny_data, tmp_path):
     assert two_metrics["global_train_batch_size"] == one_metrics["global_train_batch_size"] == 4
     # Every sample is evaluated once, although 2 x 5 does not divide the 6 validation and 12 test images.
     assert two_metrics["eval"]["num_samples"] == 6 and two_metrics["test"]["num_samples"] == 12
-    assert adapter_difference(tmp_path / "one", two) <= 1e-5
+    assert adapter_difference(one, two) <= 1e-5
     assert two_metrics["test"]["loss"] == pytest.approx(one_metrics["test"]["loss"], abs=1e-5)
     assert two_metrics["eval"]["confusion_matrix"] == one_metrics["eval"]["confusion_matrix"]

@@ -8,7 +8,7 @@ import shutil
 import PIL.Image
 import pytest
 import torch
-from training_helpers import make_imagefolder
+from helpers.training import make_imagefolder
 
 import peft_vision_lora as pvl
 from peft_vision_lora.cli import main
@@ -17,7 +17,7 @@ from peft_vision_lora.evaluation.mistakes import most_confident_mistakes, plot_m
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory):
-    from training_helpers import make_tiny_vit
+    from helpers.training import make_tiny_vit
 
     root = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from accelerate.state import AcceleratorState
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
@@ -40,11 +41,11 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def trained(tiny_vit, tiny_data, tmp_path, monkeypatch) -> Path:
-    """A finished run, pushed at the end of training (--push_to_hub) through the recording stand-in."""
-    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
-    out = tmp_path / "colours-lora"
+@pytest.fixture(scope="module")
+def pushed(tiny_vit, tiny_data, tmp_path_factory) -> tuple[Path, list]:
+    """A finished run, pushed at the end of training (--push_to_hub) through the recording stand-in: its folder and
+    the calls of that push. Trained once for the module; the tests only read the folder."""
+    out = tmp_path_factory.mktemp("hub") / "colours-lora"
     flags = [
         "--model",
         str(tiny_vit),
@@ -64,12 +65,23 @@ def trained(tiny_vit, tiny_data, tmp_path, monkeypatch) -> Path:
         "user/colours-lora",
         "--hub_private",
     ]
-    train(*parse_args(flags))
-    return out
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
+        try:
+            train(*parse_args(flags))
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return out, RecordingHfApi.last.calls
 
 
-def test_push_to_hub_at_the_end_of_training(trained, tiny_data):
-    create, upload = RecordingHfApi.last.calls
+@pytest.fixture
+def trained(pushed) -> Path:
+    return pushed[0]
+
+
+def test_push_to_hub_at_the_end_of_training(pushed, tiny_data):
+    trained, calls = pushed
+    create, upload = calls
     assert create == (
         "create_repo",
         {"repo_id": "user/colours-lora", "private": True, "exist_ok": True, "repo_type": "model"},

@@ -13,8 +13,8 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from helpers.training import FREEZE_DRIVER, adapter_difference, make_imagefolder
 from safetensors.torch import load_file
-from training_helpers import adapter_difference, make_imagefolder
 from transformers import AutoModelForImageClassification, pipeline
 
 import peft_vision_lora
@@ -22,7 +22,6 @@ from peft_vision_lora.data import load_image_dataset
 from peft_vision_lora.training import NonFiniteLossError, parse_args, train
 from peft_vision_lora.training.checkpointing import list_checkpoints
 
-FREEZE_DRIVER = Path(__file__).with_name("freeze_after_steps.py")
 OUTPUT_FILES = (
     "adapter_config.json",
     "adapter_model.safetensors",

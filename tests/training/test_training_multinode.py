@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from training_helpers import accelerate_launcher, adapter_difference, free_port
+from helpers.training import ONE_PROCESS_FLAGS, accelerate_launcher, adapter_difference, free_port
 
-from peft_vision_lora.training import parse_args, train
 from peft_vision_lora.training.launch import LaunchError, check_launch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train.py"
@@ -26,11 +25,8 @@ def machine(rank: int, port: int, *, multi_gpu: bool = True) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_launchers_train_as_one_run_equal_to_one_process(tiny_vit, tiny_data, tmp_path):
-    common = [
-        "--model", str(tiny_vit), "--dataset", str(tiny_data), "--max_steps", "6", "--learning_rate", "1e-2",
-        "--eval_steps", "3", "--per_device_eval_batch_size", "5", "--disable_tqdm",
-    ]  # fmt: skip
+def test_two_launchers_train_as_one_run_equal_to_one_process(tiny_vit, tiny_data, one_process_run, tmp_path):
+    common = ["--model", str(tiny_vit), "--dataset", str(tiny_data), *ONE_PROCESS_FLAGS]
     two, port = tmp_path / "two-machines", free_port()
     flags = [*common, "--per_device_train_batch_size", "2", "--output_dir", str(two)]
     launchers = [
@@ -42,13 +38,12 @@ def test_two_launchers_train_as_one_run_equal_to_one_process(tiny_vit, tiny_data
     outputs = [launcher.communicate(timeout=300) for launcher in launchers]
     for launcher, (_, stderr) in zip(launchers, outputs):
         assert launcher.returncode == 0, stderr[-3000:]
-    one = train(*parse_args([*common, "--per_device_train_batch_size", "4", "--bf16", "false",
-                             "--output_dir", str(tmp_path / "one")]))  # fmt: skip
+    one_folder, one = one_process_run
 
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and one["num_processes"] == 1  # the world size is 2: one run, not two
     assert metrics["global_train_batch_size"] == one["global_train_batch_size"] == 4
-    assert adapter_difference(tmp_path / "one", two) <= 1e-5
+    assert adapter_difference(one_folder, two) <= 1e-5
     assert metrics["test"]["loss"] == pytest.approx(one["test"]["loss"], abs=1e-5)
 
 

@@ -9,7 +9,7 @@ import re
 import PIL.Image
 import pytest
 import torch
-from training_helpers import make_tiny_vit
+from helpers.training import make_tiny_vit
 from transformers import pipeline
 
 import peft_vision_lora as pvl

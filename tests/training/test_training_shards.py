@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Image
-from training_helpers import accelerate_launcher, adapter_difference, free_port
+from helpers.training import FREEZE_DRIVER, accelerate_launcher, adapter_difference, free_port
 
 from peft_vision_lora.data import load_image_dataset
 from peft_vision_lora.data.shard_writer import write_shards
@@ -20,7 +20,6 @@ from peft_vision_lora.training.checkpointing import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "train.py"
-FREEZE_DRIVER = Path(__file__).with_name("freeze_after_steps.py")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,13 @@ from safetensors.torch import load_file
 
 from peft_vision_lora.testing import TINY_VIT, make_tiny_vit  # noqa: F401  (re-exported for the training tests)
 
+# ``python FREEZE_DRIVER N [examples/train.py options]``: trains, then freezes after N optimizer steps (for SIGKILL).
+FREEZE_DRIVER = Path(__file__).with_name("freeze_after_steps.py")
+# The run that multi-process runs (two processes, two launchers) must equal (fixture one_process_run): 6 steps.
+ONE_PROCESS_FLAGS = [
+    "--max_steps", "6", "--learning_rate", "1e-2", "--eval_steps", "3", "--per_device_eval_batch_size", "5",
+    "--disable_tqdm",
+]  # fmt: skip
 CLASSES = ("red", "green", "blue")
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import PIL.Image
 import torch
 
 import peft_vision_lora as pvl
+from helpers.training import free_port
 from peft_vision_lora.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from peft_vision_lora.training.outputs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
 
@@ -87,12 +87,6 @@ def make_bad_images(folder: Path, photo: Path) -> dict[str, Path]:
 
 REFUSED = ("not_an_image", "truncated", "one_pixel", "bomb")
 CONVERTED = ("sixteen_bit", "cmyk")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

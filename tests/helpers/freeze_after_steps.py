@@ -3,6 +3,7 @@
 Usage: ``python freeze_after_steps.py N [examples/train.py options]``.
 """
 
+import os
 import runpy
 import sys
 import time
@@ -21,8 +22,14 @@ def counting_step(self, *args, **kwargs):
     result = adamw_step(self, *args, **kwargs)
     steps += 1
     if steps == freeze_after:
-        print("FROZEN", flush=True)
-        time.sleep(3600)
+        # One write of the whole line: the ranks of a launch share the pipe, and print's two writes ("FROZEN", then
+        # "\n") of two ranks could interleave into "FROZENFROZEN", which the test would never see.
+        os.write(sys.stdout.fileno(), b"FROZEN\n")
+        # Wait to be killed; a rank whose launcher was killed (it is then orphaned) exits rather than linger an hour.
+        parent, deadline = os.getppid(), time.monotonic() + 3600
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os._exit(1)
     return result
 
 
