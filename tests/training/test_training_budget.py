@@ -5,7 +5,7 @@ import math
 import shutil
 
 import pytest
-from training_helpers import adapter_difference
+from helpers.training import adapter_difference
 
 from peft_vision_lora.training.budget import (
     NOISE_RESERVE,
