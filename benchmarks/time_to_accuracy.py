@@ -18,9 +18,9 @@ Recipes, all LoRA on the shared ViT-S/14 (DINOv2 weights):
   ``last-6-layers``, ``label-smoothing``);
 - ``stock-loop``, ``stock-loop-N``: ``benchmarks/hand_loop.py``, stock transformers + PEFT in a plain loop (qkv r=8,
   AdamW 2e-3 one-cycle, batch 32, fp32, every token), 3 or N epochs, evaluating the test split after each epoch;
-- ``budget=RECIPE``: the default with ``--time_budget`` set to the whole-command seconds of RECIPE's run on the
-  same dataset and seed (list RECIPE first), e.g. ``budget=stock-loop-4``: what the package reaches in the time the
-  hand loop takes for 4 epochs.
+- ``budget=RECIPE`` / ``budget=Nx:RECIPE``: the default with ``--time_budget`` set to (N times) the whole-command
+  seconds of RECIPE's run on the same dataset and seed (list RECIPE first), e.g. ``budget=stock-loop-4``: what the
+  package reaches in the time the hand loop takes for 4 epochs; ``budget=2x:default``: twice the default's time.
 
 ``run s`` is the wall time of the whole command (process start to exit: imports, data, model, training,
 evaluations, outputs), measured by this driver around the subprocess; our loop's runs evaluate the test split once,
@@ -238,9 +238,17 @@ def summarise(runs: list[dict[str, Any]], best: float) -> dict[str, Any]:
     return row
 
 
+def budget_target(recipe: str) -> tuple[str, float]:
+    """``budget=2x:default`` -> ("default", 2.0); a recipe that is no budget -> (itself, 1.0)."""
+    if not recipe.startswith("budget="):
+        return recipe, 1.0
+    times, _, target = recipe.removeprefix("budget=").rpartition(":")
+    return target, float(times.removesuffix("x")) if times else 1.0
+
+
 def check_recipe(recipe: str) -> str:
-    """argparse type of ``--recipes``: a known recipe, ``stock-loop[-N]`` or ``budget=RECIPE``."""
-    base = recipe.removeprefix("budget=")
+    """argparse type of ``--recipes``: a known recipe, ``stock-loop[-N]`` or ``budget=[Nx:]RECIPE``."""
+    base = budget_target(recipe)[0]
     if base in RECIPE_FLAGS or hand_loop_epochs(base):
         return recipe
     raise argparse.ArgumentTypeError(f"unknown recipe {recipe!r}: {', '.join(RECIPE_FLAGS)}, stock-loop[-N], budget=R")
@@ -257,7 +265,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one run")
     args = parser.parse_args()
     for recipe in args.recipes:
-        target = recipe.removeprefix("budget=")
+        target = budget_target(recipe)[0]
         if recipe != target and (target not in args.recipes or args.recipes.index(target) > args.recipes.index(recipe)):
             parser.error(f"{recipe} needs {target} listed before it")
 
@@ -286,8 +294,9 @@ def main() -> None:
                     if hand_loop_epochs(recipe):
                         result = run_hand_loop(flags, out, epochs=hand_loop_epochs(recipe), **limits)
                     else:
-                        target = recipe.removeprefix("budget=")
-                        budget = ["--time_budget", f"{runs[name][target][-1]['run_s']:.0f}"] if target != recipe else []
+                        target, times = budget_target(recipe)
+                        seconds = times * runs[name][target][-1]["run_s"] if target != recipe else 0
+                        budget = ["--time_budget", f"{seconds:.0f}"] if seconds else []
                         flags += [*RECIPE_FLAGS[target if not budget else "default"], *extra, *budget]
                         result = run_ours(flags, out, evaluations=args.evaluations, **limits)
                 except (RuntimeError, KeyError, subprocess.TimeoutExpired) as exc:

@@ -10,10 +10,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import PIL.ImageOps
 from datasets import Dataset
 
-from ..data.images import to_rgb
+from ..data.images import open_image, to_rgb, upright
 from ..io import atomic_folder
 
 EXAMPLES_DIR = "examples"
@@ -46,7 +45,8 @@ def write_examples(dataset: Dataset, labels: Sequence[str], folder: Path, *, lim
             first[label] = index
     with atomic_folder(folder / EXAMPLES_DIR) as tmp:
         for position, label in enumerate(sorted(first), start=1):
-            image = to_rgb(PIL.ImageOps.exif_transpose(dataset[first[label]]["image"]))
+            # Decoded or not (shards keep their encoded bytes): open_image takes both.
+            image = to_rgb(upright(open_image(dataset[first[label]]["image"])))
             image.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
             image.save(tmp / _file_name(position, labels[label]), quality=90)
     return example_images(folder)
