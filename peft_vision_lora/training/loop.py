@@ -48,7 +48,7 @@ from .model import base_checkpoint, build_run_model
 from .optim import build_optimizer, build_scheduler, plan_steps, warmup_steps
 from .outputs import METRICS_FILE, prepare_output_dir, write_run_folder
 from .parts import LoopParts
-from .precision import build_accelerator
+from .precision import build_accelerator, end_processes
 from .recipe import recipe_line
 from .resolution import check_schedule
 from .results import run_results
@@ -271,7 +271,7 @@ class Trainer:
             if accelerator.is_main_process:
                 self._write_outputs(results)
             accelerator.wait_for_everyone()
-            accelerator.end_training()
+            end_processes(accelerator)
         results["phases"] = phases = self.clock.summary()
         if accelerator.is_main_process:  # now that writing it is measured too
             write_json(self.output_dir / METRICS_FILE, results)

@@ -9,6 +9,7 @@ newer GPUs; CPUs with AVX-512 BF16 or AMX) it reached the same accuracy in fewer
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -61,3 +62,15 @@ def build_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
     )
+
+
+def end_processes(accelerator: Accelerator) -> None:
+    """End the run's trackers and process group, then let gloo's worker threads finish before the model is freed.
+
+    A finished collective's work object is freed by a gloo worker thread, which needs the GIL to drop the Python
+    tensors it held; if the DDP model (whose reducer owns the process group) is freed first, its destructor joins
+    those threads while holding the GIL, and the process hangs at exit. A short pause lets them finish first.
+    """
+    accelerator.end_training()
+    if accelerator.num_processes > 1:
+        time.sleep(0.2)
