@@ -11,8 +11,9 @@ features. Cached training features therefore use the *eval* transform (no random
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,26 @@ class FeatureClassifier(nn.Module):
         return ImageClassifierOutput(logits=self.head(features))
 
 
+@contextlib.contextmanager
+def head_inputs(model: nn.Module, head: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """``model`` in eval mode, and the list every input of ``head`` is appended to while the block runs."""
+    captured: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise TypeError(f"{type(module).__name__} head was not called with a tensor: cannot cache its input.")
+        captured.append(args[0].detach())
+
+    was_training = model.training
+    model.eval()
+    hook = head.register_forward_pre_hook(capture)
+    try:
+        yield captured
+    finally:
+        hook.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -74,18 +95,8 @@ def extract_features(
     batch, in dataset order, so every process holds the whole split. Without it each process keeps its own (a stream,
     whose processes may read different numbers of batches).
     """
-    captured: list[torch.Tensor] = []
-
-    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not args or not isinstance(args[0], torch.Tensor):
-            raise TypeError(f"{type(module).__name__} head was not called with a tensor: cannot cache its input.")
-        captured.append(args[0].detach())
-
-    was_training = model.training
-    model.eval()
-    hook = head.register_forward_pre_hook(capture)
     features, labels = [], []
-    try:
+    with head_inputs(model, head) as captured:
         for batch in dataloader:
             with accelerator.autocast():
                 model(pixel_values=batch["pixel_values"].to(accelerator.device), **(forward_kwargs or {}))
@@ -93,9 +104,6 @@ def extract_features(
             batch_features, batch_labels = accelerator.gather_for_metrics(pair) if gather else pair
             features.append(batch_features.cpu())
             labels.append(batch_labels.cpu())
-    finally:
-        hook.remove()
-        model.train(was_training)
     return FeatureDataset(torch.cat(features), torch.cat(labels))
 
 

@@ -20,7 +20,7 @@ from transformers import EvalPrediction, TrainerCallback, TrainerControl, Traine
 from ..data import ImageTransforms
 from ..evaluation.metrics import TOP_K, compute_metrics
 from ..token_dropout import TokenDropout
-from .features import FeatureDataset, fit_linear_head, trainable_linear
+from .features import FeatureDataset, fit_linear_head, head_inputs, trainable_linear
 from .model import forward_kwargs, head_module
 
 
@@ -111,19 +111,12 @@ class LinearProbeHeadCallback(TrainerCallback):
 
     @torch.no_grad()
     def _features(self, model: nn.Module, head: nn.Module) -> FeatureDataset:
-        captured: list[torch.Tensor] = []
-        hook = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].detach().float()))
-        device, was_training = next(model.parameters()).device, model.training
-        model.eval()
-        labels = []
-        try:
+        device, labels = next(model.parameters()).device, []
+        with head_inputs(model, head) as captured:
             for batch in DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate):
                 labels.append(batch.pop("labels"))
                 model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        finally:
-            hook.remove()
-            model.train(was_training)
-        return FeatureDataset(torch.cat(captured).cpu(), torch.cat(labels))
+        return FeatureDataset(torch.cat(captured).float().cpu(), torch.cat(labels))
 
 
 class EpochCallback(TrainerCallback):
