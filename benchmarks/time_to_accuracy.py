@@ -165,7 +165,7 @@ def run_hand_loop(flags: list[str], out: Path, *, epochs: int, threads: int, tim
         "train_s": log[-1]["train_s"],
         "run_s": wall_s,
         "images_per_s": summary["total_steps"] * summary["global_batch_size"] / log[-1]["train_s"],
-        "data_wait_fraction": 0.0,  # not measured by a hand loop
+        "data_wait_fraction": None,  # not measured by a hand loop
         "mixed_precision": "no",
         "total_steps": summary["total_steps"],
         "global_batch_size": summary["global_batch_size"],
@@ -232,7 +232,8 @@ def summarise(runs: list[dict[str, Any]], best: float) -> dict[str, Any]:
         reached = [first_reaching(run["curve"], fraction * best) for run in runs]
         row[f"s_to_{round(fraction * 100)}"] = None if None in reached else statistics.fmean(reached)
     for key in ("train_s", "run_s", "images_per_s", "data_wait_fraction"):
-        row[key] = statistics.fmean(run[key] for run in runs)
+        values = [run[key] for run in runs]
+        row[key] = None if None in values else statistics.fmean(values)
     row["mixed_precision"] = runs[0]["mixed_precision"]
     row["total_steps"] = runs[0]["total_steps"]
     return row
@@ -328,7 +329,7 @@ def main() -> None:
                     f"{row['train_s']:.0f}",
                     f"{row['run_s']:.0f}",
                     f"{row['images_per_s']:.1f}",
-                    f"{100 * row['data_wait_fraction']:.1f}%",
+                    "-" if row["data_wait_fraction"] is None else f"{100 * row['data_wait_fraction']:.1f}%",
                     f"{row['mixed_precision']}, {row['total_steps']} steps",
                 ]
             )
