@@ -71,7 +71,7 @@ def evaluate(model: torch.nn.Module, items: list[tuple[Path, int]], size: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True, type=Path, help="a folder with train/ and test/ class folders")
+    parser.add_argument("--dataset", required=True, type=Path, help="train/ and test/ (or validation/) class folders")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=3)
@@ -81,7 +81,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     classes = sorted(p.name for p in (args.dataset / "train").iterdir() if p.is_dir())
-    train, test = read_split(args.dataset / "train", classes), read_split(args.dataset / "test", classes)
+    held_out = args.dataset / "test" if (args.dataset / "test").is_dir() else args.dataset / "validation"
+    train, test = read_split(args.dataset / "train", classes), read_split(held_out, classes)
     model = AutoModelForImageClassification.from_pretrained(
         args.model, num_labels=len(classes), ignore_mismatched_sizes=True
     )

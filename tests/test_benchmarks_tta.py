@@ -52,3 +52,23 @@ def test_time_to_accuracy_quick(tmp_path):
     header = next(i for i, line in enumerate(lines) if line.startswith("| dataset |"))
     assert "run s" in lines[header] and "Machine:" in proc.stdout
     assert [line.split("|")[2].strip() for line in lines[header + 2 : header + 5]] == RECIPES
+
+
+def test_two_class_640_has_the_shape_of_a_small_user_set(tmp_path, monkeypatch):
+    """Two classes, a few hundred large photos, train and validation and no test split (the validation top-1 is
+    what the benchmark reports for it)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import time_to_accuracy
+    from PIL import Image
+
+    if not time_to_accuracy.FLOWERS12.is_dir():
+        pytest.skip(f"{time_to_accuracy.FLOWERS12} is absent (the shared photos)")
+    out = time_to_accuracy.make_two_class_640(tmp_path / "two")
+    counts = {
+        split: {d.name: len(list(d.iterdir())) for d in (out / split).iterdir()} for split in ("train", "validation")
+    }
+    assert counts == {"train": {"composite": 120, "buttercup": 60}, "validation": {"composite": 40, "buttercup": 20}}
+    assert not (out / "test").exists()
+    with Image.open(next((out / "validation" / "buttercup").iterdir())) as image:
+        assert image.size == (640, 640) and image.format == "JPEG"
+    assert time_to_accuracy.IMAGE_SIZES["two-class-640"] == 224

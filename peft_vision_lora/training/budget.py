@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -25,7 +24,6 @@ from torch.utils.data import DataLoader
 
 from ..evaluation.metrics import model_inputs
 from .arguments import DataArguments, TrainingArguments, parse_duration, steps_every
-from .checkpointing import TrainerState
 from .clock import PhaseClock
 from .optim import StepPlan
 from .parts import LoopPart
@@ -236,12 +234,12 @@ def evaluations_until(strategy: str, eval_split: str | None, steps_per_epoch: in
     return count
 
 
-def budget_plan(plan: StepPlan, time_budget: str | None, resume: Path | None) -> StepPlan:
-    """Under ``--time_budget``: a resumed run's length as its checkpoint planned it, else a provisional length (the
-    epochs asked for, at least the steps that are timed) until the run has measured itself."""
+def budget_plan(plan: StepPlan, time_budget: str | None, saved: dict[str, float | int] | None) -> StepPlan:
+    """Under ``--time_budget``: a resumed run's length as its checkpoint planned it (``saved``: the checkpoint's
+    plan), else a provisional length (the epochs asked for, at least the steps that are timed) until the run has
+    measured itself."""
     if time_budget is None:
         return plan
-    saved = TrainerState.load(resume).budget if resume is not None else None
     if saved:
         return plan.with_total(saved["total_steps"], "budget")
     return plan.with_total(max(plan.total_steps, TIMED_STEPS + 1), "budget-provisional")

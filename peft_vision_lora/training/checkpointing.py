@@ -230,10 +230,12 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     parts: Sequence[Any] = (),
+    state: TrainerState | None = None,
 ) -> TrainerState:
-    """Restore everything :func:`save_checkpoint` wrote; returns the loop position. Each of ``parts`` (objects with
-    ``name`` and ``load_state_dict``, e.g. the EMA) gets the tensors the checkpoint holds for it."""
-    state = TrainerState.load(folder)
+    """Restore everything :func:`save_checkpoint` wrote; returns the loop position (``state``: already read from
+    ``folder``). Each of ``parts`` (objects with ``name`` and ``load_state_dict``, e.g. the EMA) gets the tensors the
+    checkpoint holds for it."""
+    state = state or TrainerState.load(folder)
     load_trainable_state_dict(accelerator.unwrap_model(model), folder / MODEL_FILE)
     meta = json.loads((folder / OPTIMIZER_META_FILE).read_text())
     optimizer.load_state_dict(_optimizer_from_files(load_file(folder / OPTIMIZER_FILE), meta))

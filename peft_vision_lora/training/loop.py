@@ -116,7 +116,7 @@ class Trainer:
         self.data = load_run_data(data_args, training_args, dataset)
         self.base, self.model, self.processor, self.image_size = self._setup_model()
         # Everything that can be refused is checked before the output folder is touched.
-        self.resume = self._setup_resume()
+        self.resume, resumed = self._setup_resume()
         prepare_output_dir(
             accelerator, self.output_dir, resuming=self.resume is not None, overwrite=training_args.overwrite_output_dir
         )
@@ -143,7 +143,7 @@ class Trainer:
             max_steps=training_args.max_steps,
             min_steps=training_args.min_steps,
         )
-        self.plan = budget_plan(self.plan, training_args.time_budget, self.resume)
+        self.plan = budget_plan(self.plan, training_args.time_budget, resumed.budget if resumed else None)
         self.optimizer, self.scheduler = self._setup_optimization()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
         # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
@@ -161,7 +161,7 @@ class Trainer:
             clock=self.clock, accelerator=accelerator, step_model=self.step_model, loaders=loaders,
             eval_split=eval_splits[0], replan=self._replan,
         ))  # fmt: skip
-        self.state = self._setup_state()
+        self.state = self._setup_state(resumed)
         self.log = RunLog(accelerator, self.output_dir, self.state, self.plan.steps_per_epoch)
         self.validation = Validation(
             self.model, self.step_model, loaders, accelerator, self.data.labels, parts=self.parts, clock=self.clock,
@@ -189,13 +189,15 @@ class Trainer:
         check_schedule(self.data_args.resolution_schedule, size, explicit=bool(self.model_args.image_size))
         return base, model, processor, size
 
-    def _setup_resume(self) -> Path | None:
-        """The checkpoint to continue from (``--resume_from_checkpoint``), checked against this run's classes."""
+    def _setup_resume(self) -> tuple[Path | None, TrainerState | None]:
+        """The checkpoint to continue from (``--resume_from_checkpoint``) and its saved loop state, checked against
+        this run's classes."""
         if not self.args.resume_from_checkpoint:
-            return None
+            return None, None
         resume = resolve_checkpoint(self.output_dir, self.args.resume_from_checkpoint)
-        check_same_classes(self.data.labels, TrainerState.load(resume).labels, resume)
-        return resume
+        saved = TrainerState.load(resume)
+        check_same_classes(self.data.labels, saved.labels, resume)
+        return resume, saved
 
     def _setup_optimization(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         args = self.args
@@ -220,9 +222,10 @@ class Trainer:
         for _ in range(self.state.global_step):
             self.scheduler.step()
 
-    def _setup_state(self) -> TrainerState:
-        """A fresh loop position, or the checkpoint's with everything it restores (weights, optimizer, RNG, parts)."""
-        if self.resume is None:
+    def _setup_state(self, resumed: TrainerState | None) -> TrainerState:
+        """A fresh loop position, or the checkpoint's (``resumed``) with everything it restores (weights, optimizer,
+        RNG, parts)."""
+        if self.resume is None or resumed is None:
             return TrainerState(labels=self.data.labels, batches_per_epoch=self.plan.batches_per_epoch)
         state = load_checkpoint(
             self.accelerator,
@@ -231,6 +234,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             parts=self.parts.stateful(),
+            state=resumed,
         )
         if state.batches_per_epoch != self.plan.batches_per_epoch:
             raise ValueError(
