@@ -4,8 +4,10 @@ The run times an evaluation batch before it trains and its optimizer steps 2 and
 :func:`plan_budget` picks the number of steps so that everything left (the remaining steps, the evaluations they
 trigger, the final evaluation and the outputs) ends inside the budget counted from the start of the process. The
 learning-rate schedule is rebuilt for that length. Each tenth of the budget the run times its recent steps and plans
-again (a shared machine's speed drifts), until four fifths of the budget are spent. The plan is stored in
-checkpoints, so a resumed run keeps it rather than measuring again. The recipe does not change with the budget: only
+again (a shared machine's speed drifts), until four fifths of the budget are spent. Unless ``--eval_strategy`` was
+given, evaluations during training are spaced so that they cost about a tenth of the training time (every epoch when
+an epoch costs ten evaluations or more, every few epochs otherwise): a budget pays for steps first. The plan is stored
+in checkpoints, so a resumed run keeps it rather than measuring again. The recipe does not change with the budget: only
 the run's length does, so more time never means a different (possibly worse) recipe, only more steps of the same one.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from accelerate import Accelerator
@@ -23,10 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..evaluation.metrics import model_inputs
-from .arguments import DataArguments, TrainingArguments, parse_duration, steps_every
+from .arguments import DataArguments, TrainingArguments, parse_duration
 from .clock import PhaseClock
 from .optim import StepPlan
 from .parts import LoopPart
+from .validation import EvalCadence
 
 # Writing the run folder (adapter, processor, card, metrics, plots) and the process exit, beyond the evaluations:
 # a few seconds on CPU. Held back from every budget, with a share of the budget for the noise of a shared machine.
@@ -34,6 +37,9 @@ OUTPUTS_RESERVE_S = 3.0
 NOISE_RESERVE = 0.03
 # An evaluation costs its forward passes plus a fixed part (loader start, metrics): about 20 ms on a tiny model.
 EVAL_OVERHEAD_S = 0.05
+# Evaluations during a budgeted run take at most about this share of its training time (measured: on cifar10-1k at
+# 112 px, evaluating the validation carve every epoch took 17-19% of a 226 s budget; see benchmarks/RESULTS.md).
+EVAL_SHARE = 0.1
 
 
 TIMED_STEPS = 2  # steps timed after the first one (which warms up) before the length is planned
@@ -58,12 +64,14 @@ class BudgetPlan:
     final_s: float  # the final evaluations (best weights, test) and the outputs
     total_steps: int
     evaluations: int  # evaluations during training that the plan paid for
+    eval_every_epochs: int = 1  # under the epoch strategy: the spacing of those evaluations
 
     def describe(self) -> str:
+        every = f" (every {self.eval_every_epochs} epochs)" if self.eval_every_epochs > 1 else ""
         return (
             f"Time budget {self.budget_s:.0f}s: {self.total_steps} steps of {self.step_s:.2f}s, "
-            f"{self.evaluations} evaluations of {self.eval_s:.1f}s, {self.final_s:.0f}s for the final evaluation and "
-            f"outputs, {self.elapsed_s:.0f}s spent on the first {self.steps_done}"
+            f"{self.evaluations} evaluations of {self.eval_s:.1f}s{every}, {self.final_s:.0f}s for the final "
+            f"evaluation and outputs, {self.elapsed_s:.0f}s spent on the first {self.steps_done}"
         )
 
     def to_dict(self) -> dict[str, float | int]:
@@ -84,6 +92,7 @@ def plan_budget(
     final_s: float,
     evaluations_until: Callable[[int], int],
     min_steps: int = 1,
+    eval_every_epochs: int = 1,
 ) -> BudgetPlan:
     """The largest total step count whose remaining work ends inside ``budget_s``.
 
@@ -109,13 +118,22 @@ def plan_budget(
             f"outputs {final_s + OUTPUTS_RESERVE_S:.0f}s, and {elapsed_s:.0f}s went to start-up. Give at least "
             f"{math.ceil((elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / keep)}s."
         )
-    return BudgetPlan(budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, low, evaluations_until(low))
+    return BudgetPlan(
+        budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, low, evaluations_until(low), eval_every_epochs
+    )
+
+
+def eval_spacing(eval_s: float, epoch_s: float) -> int:
+    """Epochs between evaluations so that they cost at most about ``EVAL_SHARE`` of the training time."""
+    return max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s))) if epoch_s > 0 else 1
 
 
 class TimeBudget(LoopPart):
     """Measures the run's own costs, then gives it the length that ends inside the budget (``replan(plan)``).
 
-    ``planned``: the length was planned already (a resumed run), so nothing is measured again.
+    ``planned``: the length was planned already (a resumed run), so nothing is measured again. ``cadence``: when the
+    watched split is evaluated; ``space_evaluations``: the plan may space epoch evaluations (the strategy was not
+    asked for).
     """
 
     name = "time_budget"
@@ -130,12 +148,13 @@ class TimeBudget(LoopPart):
         step_model: nn.Module,
         loaders: dict[str, DataLoader],
         eval_split: str | None,
-        evaluations_until: Callable[[int], int],
+        cadence: EvalCadence,
+        space_evaluations: bool,
         replan: Callable[[BudgetPlan], None],
     ) -> None:
         self.budget_s, self.planned, self.clock, self.accelerator = budget_s, planned, clock, accelerator
         self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
-        self.evaluations_until, self.replan = evaluations_until, replan
+        self.cadence, self.space_evaluations, self.replan = cadence, space_evaluations, replan
         self.batch_s = 0.0
         # (step, time, evaluation seconds) where the timing of all steps and of the recent ones started
         self.since_start: tuple[int, float, float] | None = None
@@ -199,6 +218,9 @@ class TimeBudget(LoopPart):
             eval_s = cost[self.eval_split] if self.eval_split else 0.0
             # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
             final_s = sum(cost.values()) + (eval_s if self.eval_split == "validation" else 0.0)
+            cadence = self.cadence
+            if self.space_evaluations and cadence.strategy == "epoch":
+                cadence = replace(cadence, every_epochs=eval_spacing(eval_s, step_s * cadence.steps_per_epoch))
             try:
                 plan[0] = plan_budget(
                     self.budget_s,
@@ -207,31 +229,20 @@ class TimeBudget(LoopPart):
                     step_s=step_s,
                     eval_s=eval_s,
                     final_s=final_s,
-                    evaluations_until=self.evaluations_until,
+                    evaluations_until=cadence.count,
+                    eval_every_epochs=cadence.every_epochs,
                 )
             except BudgetError as error:  # refused at the first plan; later, the run is out of time: it ends now
                 ended = BudgetPlan(
-                    self.budget_s, self.clock.elapsed(), steps_done, step_s, eval_s, final_s, steps_done, 0
-                )
+                    self.budget_s, self.clock.elapsed(), steps_done, step_s, eval_s, final_s, steps_done, 0,
+                    cadence.every_epochs,
+                )  # fmt: skip
                 plan[0] = error if self.plan is None else ended
         broadcast_object_list(plan)
         if isinstance(plan[0], BudgetError):
             raise plan[0]
         self.accelerator.print(plan[0].describe())
         return plan[0]
-
-
-def evaluations_until(strategy: str, eval_split: str | None, steps_per_epoch: int, every: Callable[[int], int | None]):
-    """``n -> `` how many evaluations a run of ``n`` steps makes before its last step (``every(n)``: the step
-    interval of ``--eval_steps`` for that length)."""
-
-    def count(total: int) -> int:
-        if eval_split is None or strategy == "no":
-            return 0
-        interval = steps_per_epoch if strategy == "epoch" else every(total)
-        return (total - 1) // interval if interval else 0
-
-    return count
 
 
 def budget_plan(plan: StepPlan, time_budget: str | None, saved: dict[str, float | int] | None) -> StepPlan:
@@ -250,7 +261,6 @@ def budget_parts(
     data_args: DataArguments,
     *,
     plan: StepPlan,
-    eval_strategy: str,
     **part: object,
 ) -> list[LoopPart]:
     """``[TimeBudget(...)]`` under ``--time_budget`` (``part``: its other arguments), else nothing."""
@@ -258,8 +268,5 @@ def budget_parts(
         return []
     if data_args.resolution_schedule:
         raise ValueError("--resolution_schedule stages a run of known length: it cannot be used with --time_budget.")
-    count = evaluations_until(
-        eval_strategy, part["eval_split"], plan.steps_per_epoch, lambda total: steps_every(args.eval_steps, total)
-    )
-    planned = plan.reason == "budget"
-    return [TimeBudget(parse_duration(args.time_budget), planned=planned, evaluations_until=count, **part)]
+    planned, space = plan.reason == "budget", args.eval_strategy is None
+    return [TimeBudget(parse_duration(args.time_budget), planned=planned, space_evaluations=space, **part)]

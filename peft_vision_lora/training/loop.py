@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from .arguments import (
     ModelArguments,
     TrainingArguments,
     args_from_options,
-    steps_every,
     to_command,
 )
 from .budget import BudgetPlan, budget_parts, budget_plan
@@ -53,7 +53,7 @@ from .recipe import recipe_line
 from .resolution import check_schedule
 from .results import run_results
 from .run_log import RunLog
-from .validation import Validation
+from .validation import EvalCadence, Validation
 
 logger = get_logger(__name__)
 
@@ -143,7 +143,12 @@ class Trainer:
             max_steps=training_args.max_steps,
             min_steps=training_args.min_steps,
         )
-        self.plan = budget_plan(self.plan, training_args.time_budget, resumed.budget if resumed else None)
+        saved_budget = resumed.budget if resumed else None
+        self.plan = budget_plan(self.plan, training_args.time_budget, saved_budget)
+        self.cadence = EvalCadence(  # a budget may space the epoch evaluations: a resumed run keeps its spacing
+            self.eval_strategy if eval_splits[0] else "no", self.plan.steps_per_epoch, training_args.eval_steps,
+            every_epochs=(saved_budget or {}).get("eval_every_epochs", 1),
+        )  # fmt: skip
         self.optimizer, self.scheduler = self._setup_optimization()
         # step_model is what forward and backward run: the model itself, or only its head on cached features.
         # self.model stays the whole classifier, which checkpoints, best weights and the run folder save.
@@ -157,7 +162,7 @@ class Trainer:
             train_data=self.train_data, eval_transforms=eval_tf, image_size=self.image_size,
             num_epochs=self.plan.num_epochs, clock=self.clock, cached=inputs.cache_s is not None,
         ) + budget_parts(
-            training_args, data_args, plan=self.plan, eval_strategy=self.eval_strategy,
+            training_args, data_args, plan=self.plan, cadence=self.cadence,
             clock=self.clock, accelerator=accelerator, step_model=self.step_model, loaders=loaders,
             eval_split=eval_splits[0], replan=self._replan,
         ))  # fmt: skip
@@ -215,8 +220,9 @@ class Trainer:
         return build_scheduler(optimizer, args.lr_scheduler_type, total_steps=total, num_warmup_steps=warmup)
 
     def _replan(self, budget: BudgetPlan) -> None:
-        """``--time_budget``'s length: the plan, and the schedule rebuilt for it at the current step."""
+        """``--time_budget``'s length and evaluation spacing, and the schedule rebuilt for it at the current step."""
         self.plan, self.state.budget = self.plan.with_total(budget.total_steps, "budget"), budget.to_dict()
+        self.cadence = replace(self.cadence, every_epochs=budget.eval_every_epochs)
         self.log.record({"planned_steps": budget.total_steps, "planned_step_s": round(budget.step_s, 4)})
         self.scheduler = self._schedule(getattr(self.optimizer, "optimizer", self.optimizer))
         for _ in range(self.state.global_step):
@@ -359,8 +365,8 @@ class Trainer:
                 {"loss": loss, "learning_rate": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm.item()}
             )
             progress.set_postfix(loss=f"{loss:.4f}")
-        eval_every = steps_every(args.eval_steps, self.total_steps)
-        if self.validation.eval_split and (_due(self.eval_strategy, eval_every, step, epoch_done) or last):
+        due = self.cadence.due(step, self.total_steps, epoch_done=epoch_done, epochs_done=self.state.epoch)
+        if self.validation.eval_split and (due or last):
             self.validation.validate(self.training_seconds)
         if not last and _due(args.save_strategy, args.save_steps, step, epoch_done):
             self.state.data_state = self.train_data.gather_state()  # a stream's position in every process

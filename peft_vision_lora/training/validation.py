@@ -6,6 +6,7 @@ watched, never used to select (that would leak it into the reported result).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,42 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..evaluation.metrics import evaluate_model
+from .arguments import steps_every
 from .checkpointing import TrainerState, best_model_path, load_trainable_state_dict, save_best
 from .clock import PhaseClock
 from .outputs import HEADLINE_METRICS
 from .parts import LoopPart
 from .run_log import RunLog
+
+
+@dataclass(frozen=True)
+class EvalCadence:
+    """When the watched split is evaluated during training, besides at the end: ``epoch``, every ``every_epochs``
+    epochs (1 unless a time budget spaces them); ``steps``, every ``eval_steps`` (a step count, or a fraction of the
+    run's length); ``no``, never. The loop asks :meth:`due`, a time budget's plan counts them with :meth:`count`."""
+
+    strategy: str
+    steps_per_epoch: int
+    eval_steps: float | None = None
+    every_epochs: int = 1
+
+    def interval(self, total_steps: int) -> int | None:
+        """Optimizer steps between evaluations in a run of ``total_steps``; None: no evaluation during training."""
+        if self.strategy == "epoch":
+            return self.steps_per_epoch * self.every_epochs
+        return steps_every(self.eval_steps, total_steps) if self.strategy == "steps" else None
+
+    def due(self, step: int, total_steps: int, *, epoch_done: bool, epochs_done: int) -> bool:
+        """Whether optimizer step ``step`` is followed by an evaluation (``epochs_done``: epochs completed so far)."""
+        if self.strategy == "epoch":  # at the epoch's real end: its last step may hold fewer batches
+            return epoch_done and epochs_done % self.every_epochs == 0
+        every = self.interval(total_steps)
+        return bool(every) and step % every == 0
+
+    def count(self, total_steps: int) -> int:
+        """Evaluations a run of ``total_steps`` makes before its last step (the one at the end is counted apart)."""
+        every = self.interval(total_steps)
+        return (total_steps - 1) // every if every else 0
 
 
 class Validation:

@@ -12,10 +12,12 @@ from peft_vision_lora.training.budget import (
     OUTPUTS_RESERVE_S,
     BudgetError,
     BudgetPlan,
+    eval_spacing,
     parse_duration,
     plan_budget,
 )
 from peft_vision_lora.training.checkpointing import TrainerState, list_checkpoints
+from peft_vision_lora.training.validation import EvalCadence
 
 
 @pytest.mark.parametrize(
@@ -72,6 +74,31 @@ def test_steps_already_done_count_as_done():
     assert plan.total_steps == 40 + math.floor(100 * (1 - NOISE_RESERVE) - OUTPUTS_RESERVE_S - 50)
 
 
+@pytest.mark.parametrize(
+    ("eval_s", "epoch_s", "every"),
+    [(1.0, 100.0, 1), (10.0, 100.0, 1), (10.1, 100.0, 2), (25.0, 100.0, 3), (60.0, 20.0, 30), (5.0, 0.0, 1)],
+)
+def test_eval_spacing_keeps_evaluations_to_a_tenth_of_training(eval_s, epoch_s, every):
+    assert eval_spacing(eval_s, epoch_s) == every
+    if epoch_s:  # the fewest epochs between evaluations that keeps them within the share
+        assert eval_s <= 0.1 * epoch_s * every + 1e-9 and (every == 1 or eval_s > 0.1 * epoch_s * (every - 1))
+
+
+def test_eval_cadence_counts_what_it_calls_due():
+    for cadence in (
+        EvalCadence("epoch", 6),
+        EvalCadence("epoch", 6, every_epochs=3),
+        EvalCadence("steps", 6, eval_steps=4),
+        EvalCadence("steps", 6, eval_steps=0.25),
+        EvalCadence("no", 6),
+    ):
+        total = 40
+        due = [s for s in range(1, total) if cadence.due(s, total, epoch_done=s % 6 == 0, epochs_done=s // 6)]
+        assert len(due) == cadence.count(total), cadence
+    assert [s for s in range(1, 40) if EvalCadence("epoch", 6, every_epochs=3).due(
+        s, 40, epoch_done=s % 6 == 0, epochs_done=s // 6)] == [18, 36]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ in the loop
 
 
@@ -101,6 +128,19 @@ def test_time_budget_sets_the_length_and_ends_inside_it(tiny_vit, tiny_data, tmp
     # The schedule was rebuilt for the planned length: warmup, then a cosine decay ending near zero.
     lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
     assert lrs[-1] < 0.05 * max(lrs)
+
+
+def test_time_budget_spaces_epoch_evaluations_as_planned(tiny_vit, tiny_data, tmp_path, monkeypatch, capsys):
+    # On the tiny model an evaluation is cheap next to an epoch: make the spacing rule ask for every second epoch.
+    monkeypatch.setattr("peft_vision_lora.training.budget.eval_spacing", lambda eval_s, epoch_s: 2)
+    metrics = budget_run(tiny_vit, tiny_data, tmp_path / "out", "--time_budget", "12")
+    plan, steps_per_epoch = metrics["time_budget"], 6  # 24 training images, batch 4
+    assert plan["eval_every_epochs"] == 2 and "(every 2 epochs)" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    evaluated = [e["step"] for e in log if "eval_top1_accuracy" in e]
+    during = [s for s in evaluated if s < plan["total_steps"]]
+    assert all(s % (2 * steps_per_epoch) == 0 for s in during) and len(during) == plan["evaluations"]
+    assert evaluated[-1] == plan["total_steps"]  # and once at the end
 
 
 def test_time_budget_too_small_stops_naming_the_step_time(tiny_vit, tiny_data, tmp_path):
