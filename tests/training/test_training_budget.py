@@ -162,7 +162,9 @@ def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(tiny_v
     plans = [e for e in log if "planned_steps" in e]  # the first plan at step 3, then a re-plan each second
     assert plans[0]["step"] == 3 and 1 <= len(plans) <= 9 and plans[-1]["planned_steps"] == first["total_steps"]
     # The first checkpoint written under the final plan; the run folder as it was then (later checkpoints removed).
-    checkpoint = next(c for c in list_checkpoints(tmp_path / "a") if int(c.name.split("-")[1]) >= plans[-1]["step"])
+    checkpoints = list_checkpoints(tmp_path / "a")
+    checkpoint = next((c for c in checkpoints if int(c.name.split("-")[1]) >= plans[-1]["step"]), None)
+    assert checkpoint, f"no checkpoint after the last plan: {plans}, {[c.name for c in checkpoints]}"
     assert TrainerState.load(checkpoint).budget == first["time_budget"]
     resumed_dir = tmp_path / "b"
     shutil.copytree(tmp_path / "a", resumed_dir)
@@ -171,4 +173,12 @@ def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(tiny_v
             shutil.rmtree(later)
     second = budget_run(tiny_vit, tiny_data, resumed_dir, *flags, "--resume_from_checkpoint", "latest")
     assert second["time_budget"] == first["time_budget"] and second["total_steps"] == first["total_steps"]
-    assert adapter_difference(tmp_path / "a", resumed_dir) == 0
+    # The resumed run evaluates where the first one did after that checkpoint (the plan's spacing is kept).
+    after = int(checkpoint.name.split("-")[1])
+    evaluated = [
+        [e["step"] for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+         if "eval_top1_accuracy" in e and e["step"] > after]
+        for out in (tmp_path / "a", resumed_dir)
+    ]  # fmt: skip
+    assert evaluated[0] == evaluated[1][-len(evaluated[0]) :], (evaluated, plans)
+    assert adapter_difference(tmp_path / "a", resumed_dir) == 0, (evaluated, plans, checkpoint.name)
