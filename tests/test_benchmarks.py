@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -133,8 +134,12 @@ def test_inference_quick(tmp_path):
     assert len(run["base_s"]) == len(run["merged_s"]) >= 2
     assert paired["best"] == pytest.approx(min(run["merged_s"]) / min(run["base_s"]))
     assert paired["target"] == 1.02 and isinstance(paired["met"], bool)
-    # The pipeline does everything the bare forward does plus preprocessing: it cannot be much faster.
-    assert ratios["pipeline overhead over bare forward"]["value"] > -0.5
+    # The overhead is the median over workers of each worker's own pipeline / bare forward time (a tiny model's
+    # timings are noise: the figure is checked for how it is derived, not for its size).
+    overhead = ratios["pipeline overhead over bare forward"]
+    runs = next(r for r in result["runs"].values() if "pipeline_s" in r[0])
+    per_worker = sorted(statistics.median(r["pipeline_s"]) / statistics.median(r["bare_s"]) - 1 for r in runs)
+    assert overhead["value"] == pytest.approx(statistics.median(per_worker))
     assert "4 adapters on 1 backbone / 4 merged models, peak RSS" in ratios
     # One mixed batch of 4 adapters against 4 single-adapter batches of the same 8 images: time and memory.
     mixed, single = variants["mixed-batch"], variants["single-adapter-batches"]

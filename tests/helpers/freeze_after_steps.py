@@ -1,8 +1,11 @@
 """Run ``examples/train.py`` but freeze after N optimizer steps, printing FROZEN, so a test can SIGKILL it mid-run.
 
-Usage: ``python freeze_after_steps.py N [examples/train.py options]``.
+Usage: ``python freeze_after_steps.py N [examples/train.py options]``. With ``BUDGET_PLANS_ONCE=1`` in the environment
+a ``--time_budget`` run plans its length once (at step 3) and never re-plans, so that all its checkpoints hold the
+same plan and resuming from any of them must end with the same weights.
 """
 
+import math
 import os
 import runpy
 import sys
@@ -34,5 +37,9 @@ def counting_step(self, *args, **kwargs):
 
 
 torch.optim.AdamW.step = counting_step
+if os.environ.get("BUDGET_PLANS_ONCE"):
+    from peft_vision_lora.training import budget
+
+    budget.REPLAN_EVERY = math.inf
 sys.argv[0] = str(EXAMPLE)
 runpy.run_path(str(EXAMPLE), run_name="__main__")
