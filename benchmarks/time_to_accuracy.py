@@ -6,7 +6,7 @@ Datasets (all at ``--image_size``, 112 px by default, the CPU recipe):
 - ``cifar10-1k``: the first 100 / next 100 files (by name) per class of the CIFAR-10 test split in ``../shared``,
   built by ``../shared/scripts/make_cifar10_1k.py`` (1,000 / 1,000 images of 32 px);
 - ``fashion-mnist-1k``: 100 train / 100 test images per class of Debian's ``dataset-fashion-mnist`` (28 px), the
-  subset the offline main job draws from (seed 0);
+  subset the offline main job draws from (seed 0), written as a PNG image folder (the hand loop reads folders);
 - ``two-class-640`` (on request): the shape of a small user set, a few hundred large photos of 2 classes at the
   default 224 px: flowers12's dandelion + colts-foot ("composite") against buttercup, 180 train / 60 validation
   photos upscaled to 640 px JPEG (so decoding costs what a large photo costs). It has a validation split and no
@@ -200,12 +200,22 @@ def prepare_datasets(names: list[str], root: Path) -> dict[str, Path]:
             data = load_fashion_mnist(per_class_train=100, per_class_test=100, seed=0)
         except FileNotFoundError as exc:
             print(f"fashion-mnist-1k left out: {exc}", file=sys.stderr)
-        else:
-            data.save_to_disk(root / "fashion-mnist-1k")
-            paths["fashion-mnist-1k"] = root / "fashion-mnist-1k"
+        else:  # an image folder, which the stock hand loop reads too
+            paths["fashion-mnist-1k"] = write_image_folder(data, root / "fashion-mnist-1k")
     if "two-class-640" in names:
         paths["two-class-640"] = make_two_class_640(root / "two-class-640")
     return paths
+
+
+def write_image_folder(data: Any, out: Path) -> Path:
+    """``out/<split>/<class>/<n>.png`` from a DatasetDict with image and label columns ("/" in a class name: "-")."""
+    names = data["train"].features["label"].names
+    for split, rows in data.items():
+        for n, row in enumerate(rows):
+            folder = out / split / names[row["label"]].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            row["image"].save(folder / f"{n:05d}.png")
+    return out
 
 
 def make_two_class_640(out: Path) -> Path:

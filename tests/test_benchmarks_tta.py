@@ -72,3 +72,32 @@ def test_two_class_640_has_the_shape_of_a_small_user_set(tmp_path, monkeypatch):
     with Image.open(next((out / "validation" / "buttercup").iterdir())) as image:
         assert image.size == (640, 640) and image.format == "JPEG"
     assert time_to_accuracy.IMAGE_SIZES["two-class-640"] == 224
+
+
+def test_write_image_folder_keeps_every_image_and_label(tmp_path, monkeypatch):
+    """fashion-mnist-1k goes to disk as an image folder, which the stock hand loop reads: nothing lost or relabelled,
+    and a class name with a slash becomes one folder."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import numpy as np
+    import time_to_accuracy
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+
+    names = ["T-shirt/top", "Trouser"]
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    pixels = lambda v: PILImage.fromarray(np.full((28, 28), v, dtype=np.uint8))  # noqa: E731
+    data = DatasetDict(
+        train=Dataset.from_dict({"image": [pixels(10), pixels(20), pixels(200)], "label": [0, 0, 1]}, features),
+        test=Dataset.from_dict({"image": [pixels(30), pixels(220)], "label": [0, 1]}, features),
+    )
+    out = time_to_accuracy.write_image_folder(data, tmp_path / "fashion")
+    found = {
+        (split, folder.name, int(np.asarray(PILImage.open(f))[0, 0]))
+        for split in ("train", "test")
+        for folder in (out / split).iterdir()
+        for f in folder.iterdir()
+    }
+    assert found == {
+        ("train", "T-shirt-top", 10), ("train", "T-shirt-top", 20), ("train", "Trouser", 200),
+        ("test", "T-shirt-top", 30), ("test", "Trouser", 220),
+    }  # fmt: skip
