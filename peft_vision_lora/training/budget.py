@@ -90,21 +90,20 @@ def plan_budget(
     step_s: float,
     eval_s: float,
     final_s: float,
-    evaluations_until: Callable[[int], int],
+    cadence: EvalCadence,
     min_steps: int = 1,
-    eval_every_epochs: int = 1,
 ) -> BudgetPlan:
     """The largest total step count whose remaining work ends inside ``budget_s``.
 
-    ``evaluations_until(n)`` counts the evaluations a run of ``n`` steps makes before its end (the eval strategy's
-    cadence); ``final_s`` is what comes after the last step whatever the length. Raises :class:`BudgetError`, naming
+    ``cadence`` counts the evaluations a run of a given length makes before its end; ``final_s`` is what comes after
+    the last step whatever the length. Raises :class:`BudgetError`, naming
     the measured times, when not even ``min_steps`` fit.
     """
     keep = 1 - NOISE_RESERVE
     usable = budget_s * keep - OUTPUTS_RESERVE_S - elapsed_s - final_s
 
     def cost(total: int) -> float:
-        return (total - steps_done) * step_s + (evaluations_until(total) - evaluations_until(steps_done)) * eval_s
+        return (total - steps_done) * step_s + (cadence.count(total) - cadence.count(steps_done)) * eval_s
 
     # The cost grows with the step count: binary search for the last count that fits.
     low, high = steps_done, steps_done + max(1, math.floor(max(usable, 0) / step_s))
@@ -119,7 +118,7 @@ def plan_budget(
             f"{math.ceil((elapsed_s + final_s + OUTPUTS_RESERVE_S + step_s * max(min_steps, 1)) / keep)}s."
         )
     return BudgetPlan(
-        budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, low, evaluations_until(low), eval_every_epochs
+        budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, low, cadence.count(low), cadence.every_epochs
     )
 
 
@@ -229,8 +228,7 @@ class TimeBudget(LoopPart):
                     step_s=step_s,
                     eval_s=eval_s,
                     final_s=final_s,
-                    evaluations_until=cadence.count,
-                    eval_every_epochs=cadence.every_epochs,
+                    cadence=cadence,
                 )
             except BudgetError as error:  # refused at the first plan; later, the run is out of time: it ends now
                 ended = BudgetPlan(
