@@ -150,11 +150,20 @@ def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
 
 def few_shot(ds: Dataset, shots: int, seed: int) -> Dataset:
     """Keep ``shots`` seeded random rows of each class (all of a class that has fewer, with a warning)."""
-    per_class = _class_rows(_labels(ds), np.random.default_rng([seed, 1]))
     names = ds.features["label"].names
-    short = [f"{names[label]} ({rows.size})" for label, rows in per_class.items() if rows.size < shots]
+    counts = np.bincount(_labels(ds), minlength=len(names))
+    short = [f"{names[label]} ({count})" for label, count in enumerate(counts) if 0 < count < shots]
     if short:
         logger.warning(
             "%d class(es) have fewer than %d training images, all kept: %s", len(short), shots, ", ".join(short)
         )
-    return ds.select(np.sort(np.concatenate([rows[:shots] for rows in per_class.values()])))
+    return at_most_per_class(ds, shots, seed)
+
+
+def at_most_per_class(ds: Dataset, count: int, seed: int) -> Dataset:
+    """At most ``count`` seeded random rows of each class, in their original order (``ds`` itself when no class
+    has more)."""
+    per_class = _class_rows(_labels(ds), np.random.default_rng([seed, 1]))
+    if all(rows.size <= count for rows in per_class.values()):
+        return ds
+    return ds.select(np.sort(np.concatenate([rows[:count] for rows in per_class.values()])))

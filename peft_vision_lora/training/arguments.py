@@ -261,6 +261,13 @@ class TrainingArguments:
             "of the training images (LP-FT)."
         },
     )
+    linear_probe_shots: int | None = field(
+        default=None,
+        metadata={
+            "help": "LP-FT: fit the head on at most this many training images per class (a seeded subset: the probe "
+            "costs one forward pass per image). Default: every training image (of a stream, its first 4096)."
+        },
+    )
     ema_decay: float = field(
         default=0.0,
         metadata={"help": "EMA of the trainable weights, evaluated and saved instead of the raw weights; 0 is off."},
@@ -339,7 +346,7 @@ class TrainingArguments:
             _positive(name, getattr(self, name), allow_none=False)
         for name in (
             "learning_rate", "head_lr", "eval_steps", "save_steps", "save_total_limit", "logging_steps",
-            "early_stopping_patience",
+            "early_stopping_patience", "linear_probe_shots",
         ):  # fmt: skip
             _positive(name, getattr(self, name))
         if self.max_steps <= 0:

@@ -8,6 +8,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from ..data import ImageTransforms
+from ..data.loading import at_most_per_class
 from .arguments import TrainingArguments
 from .clock import PhaseClock
 from .data import RunData
@@ -58,14 +59,17 @@ class LinearProbeHead(LoopPart):
     def features(self, head: nn.Module) -> FeatureDataset:
         """What the head receives for the training images (eval transform); of a stream, a prefix of it."""
         batch_size = self.args.per_device_eval_batch_size
+        shots = self.args.linear_probe_shots
         if self.data.stream is not None:  # the whole of a stream is not known, nor needed
             return stream_prefix_features(
                 self.data.stream, self.transforms, self.model, head, self.accelerator, {}, seed=self.args.seed,
                 shuffle_buffer=self.shuffle_buffer, batch_size=batch_size,
+                limit=shots * trainable_linear(head).out_features if shots else None,
             )  # fmt: skip
+        train = self.data.splits["train"]
         return backbone_features(
             self.model,
-            self.data.splits["train"],
+            at_most_per_class(train, shots, self.args.seed) if shots else train,
             self.transforms,
             self.accelerator,
             batch_size=batch_size,

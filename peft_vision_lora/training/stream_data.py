@@ -228,10 +228,12 @@ def stream_prefix_features(
     seed: int,
     shuffle_buffer: int,
     batch_size: int,
+    limit: int | None = None,
 ) -> FeatureDataset:
-    """Head inputs (eval transform) for the first :data:`LINEAR_PROBE_SAMPLES` images of the stream's first epoch,
-    each process reading its own part, gathered in process order so every process fits the same head."""
-    limit = math.ceil(LINEAR_PROBE_SAMPLES / accelerator.num_processes)
+    """Head inputs (eval transform) for the first ``limit`` images (at most :data:`LINEAR_PROBE_SAMPLES`) of the
+    stream's first epoch, each process reading its own part, gathered in process order so every process fits the
+    same head."""
+    limit = math.ceil(min(limit or LINEAR_PROBE_SAMPLES, LINEAR_PROBE_SAMPLES) / accelerator.num_processes)
     dataset = SampleStream(
         source.units, source.reader, seed=seed, shuffle_buffer=shuffle_buffer, rank=accelerator.process_index,
         world_size=accelerator.num_processes, epochs=1, limit=limit,

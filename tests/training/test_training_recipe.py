@@ -90,6 +90,22 @@ def test_linear_probe_head_init_starts_from_a_fitted_head(tiny_vit, tiny_data, t
     assert probed["test"]["top1_accuracy"] > 0.9  # the colour classes are linearly separable in the tiny features
 
 
+def test_linear_probe_shots_fits_the_head_on_that_many_images_per_class(tiny_vit, tiny_data, tmp_path, monkeypatch):
+    import peft_vision_lora.training.head_init as head_init
+
+    fitted = []  # the labels of the features each fit saw
+    fit = head_init.fit_linear_head
+    monkeypatch.setattr(head_init, "fit_linear_head", lambda head, data: fitted.append(data.labels) or fit(head, data))
+    flags = ["--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no"]
+    run(tiny_vit, tiny_data, tmp_path / "all", *flags)
+    run(tiny_vit, tiny_data, tmp_path / "three", *flags, "--linear_probe_shots", "3")
+    run(tiny_vit, tiny_data, tmp_path / "more", *flags, "--linear_probe_shots", "50")
+    assert [torch.bincount(labels).tolist() for labels in fitted] == [[8, 8, 8], [3, 3, 3], [8, 8, 8]]
+    with pytest.raises(ValueError, match="--linear_probe_shots must be positive, got 0"):
+        parse_args(["--model", str(tiny_vit), "--dataset", str(tiny_data), "--output_dir", "x",
+                    "--linear_probe_shots", "0"])  # fmt: skip
+
+
 def test_resolution_schedule_must_end_at_the_target_size(tiny_vit, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="--resolution_schedule must end at the target size 32"):
         run(tiny_vit, tiny_data, tmp_path / "a", "--resolution_schedule", "16", "24")

@@ -175,3 +175,6 @@ def test_linear_probe_features_of_a_stream_are_those_of_its_images(tiny_vit, tin
     (a, la), (b, lb) = rows(streamed), rows(whole)
     assert la.tolist() == lb.tolist()
     assert (a - b).abs().max() < 1e-5
+    prefix = stream_prefix_features(source, transforms, model, head_module(model), accelerator, {},
+                                    seed=0, shuffle_buffer=8, batch_size=5, limit=10)  # fmt: skip
+    assert len(prefix) == 10  # --linear_probe_shots on a stream: its first shots x classes images
