@@ -1,6 +1,7 @@
 """Inference throughput and serving memory: base, LoRA unmerged and merged, the pipeline, 4 adapters on 1 backbone.
 
-At batch 8, 224 px, on the shared ViT-S/14 and on ViT-B/16 geometry with random weights (``--models`` picks):
+At batch 8, 224 px (``--batch-size``, ``--image-size``), on the shared ViT-S/14 and on ViT-B/16 geometry with random
+weights (``--models`` picks):
 
 - images/s of the base classifier, the LoRA model unmerged (``load_model``) and merged (``load_model(merge=True)``);
 - ``pipeline("image-classification", model=<adapter folder>)`` on 8 PIL images end to end against a bare forward of
@@ -92,9 +93,11 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
         model = pvl.load_model(config["adapters"][0], merge=variant == "lora-merged")
     size = config["image_size"]
     pixel_values = torch.randn(config["batch_size"], 3, size, size)
+    # Another size than the checkpoint's: every variant resamples its position embeddings alike.
+    kwargs = {"interpolate_pos_encoding": True} if size != model.config.image_size else {}
     load_peak = reset_peak_rss()
     with torch.inference_mode():
-        times = time_calls(lambda: model(pixel_values=pixel_values), config["warmup"], config["batches"])
+        times = time_calls(lambda: model(pixel_values=pixel_values, **kwargs), config["warmup"], config["batches"])
     return {"batch_s": times, "load_peak_rss_mb": load_peak, "setup_rss_mb": current_rss_mb()}
 
 
@@ -254,6 +257,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which measurements to run")
     parser.add_argument("--batches", type=int, default=None, help="timed batches per worker")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224, help="e.g. 112: the fast CPU recipe's evaluations")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     batches = args.batches or (2 if args.quick else 5)
@@ -279,7 +283,7 @@ def main() -> None:
                 "model": model,
                 "model_path": path,
                 "adapters": make_adapters(path, Path(tmp) / f"{model}-adapters", NUM_ADAPTERS),
-                "image_size": 32 if args.quick else 224,
+                "image_size": 32 if args.quick else args.image_size,
                 "batch_size": args.batch_size,
                 "warmup": 1,
                 "batches": batches,

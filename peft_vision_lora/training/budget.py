@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from ..evaluation.metrics import model_inputs
 from .arguments import DataArguments, TrainingArguments, parse_duration
 from .clock import PhaseClock
+from .model import merged_adapters
 from .optim import StepPlan
 from .parts import LoopPart
 from .validation import EvalCadence
@@ -177,12 +178,13 @@ class TimeBudget(LoopPart):
             return 0.0
         self.step_model.eval()
         seconds, batches = [], iter(loader)
-        for batch in (next(batches, None), next(batches, None)):
-            if batch is None:
-                break
-            started = time.perf_counter()
-            self.step_model(**model_inputs(batch))
-            seconds.append(time.perf_counter() - started)
+        with merged_adapters(self.step_model):  # as evaluations run
+            for batch in (next(batches, None), next(batches, None)):
+                if batch is None:
+                    break
+                started = time.perf_counter()
+                self.step_model(**model_inputs(batch))
+                seconds.append(time.perf_counter() - started)
         self.step_model.train()
         return seconds[-1] if seconds else 0.0
 

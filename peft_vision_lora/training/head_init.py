@@ -13,7 +13,7 @@ from .arguments import TrainingArguments
 from .clock import PhaseClock
 from .data import RunData
 from .features import FeatureDataset, backbone_features, fit_linear_head, trainable_linear
-from .model import head_module
+from .model import head_module, merged_adapters
 from .parts import LoopPart
 from .stream_data import stream_prefix_features
 
@@ -46,7 +46,8 @@ class LinearProbeHead(LoopPart):
             return
         with self.clock.phase("linear_probe"):
             head = head_module(self.model)
-            features = self.features(head)
+            with merged_adapters(self.model):  # identity adapters at the start: the frozen backbone's own features
+                features = self.features(head)
             accuracy = fit_linear_head(trainable_linear(head), features)
         logger.info(
             "Head initialised by a linear probe on %d cached features in %.1fs (train top-1 %.3f).",

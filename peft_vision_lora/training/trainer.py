@@ -21,7 +21,7 @@ from ..data import ImageTransforms
 from ..evaluation.metrics import TOP_K, compute_metrics
 from ..token_dropout import TokenDropout
 from .features import FeatureDataset, fit_linear_head, head_inputs, trainable_linear
-from .model import forward_kwargs, head_module
+from .model import forward_kwargs, head_module, merged_adapters
 
 
 def collate_fn(examples: Sequence[Mapping[str, Any]], **model_kwargs: Any) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class LinearProbeHeadCallback(TrainerCallback):
     @torch.no_grad()
     def _features(self, model: nn.Module, head: nn.Module) -> FeatureDataset:
         device, labels = next(model.parameters()).device, []
-        with head_inputs(model, head) as captured:
+        with head_inputs(model, head) as captured, merged_adapters(model):
             for batch in DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate):
                 labels.append(batch.pop("labels"))
                 model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})

@@ -18,6 +18,7 @@ from ..evaluation.metrics import evaluate_model
 from .arguments import steps_every
 from .checkpointing import TrainerState, best_model_path, load_trainable_state_dict, save_best
 from .clock import PhaseClock
+from .model import merged_adapters
 from .outputs import HEADLINE_METRICS
 from .parts import LoopPart
 from .run_log import RunLog
@@ -79,7 +80,7 @@ class Validation:
         self.latest: dict[str, Any] = {"step": -1, "metrics": None}  # the latest evaluation of eval_split
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        with self.clock.phase("eval"), self.parts.swapped_in():
+        with self.clock.phase("eval"), self.parts.swapped_in(), merged_adapters(self.step_model):
             return evaluate_model(self.step_model, self.loaders[split], self.accelerator, self.labels)
 
     def validate(self, train_s: float) -> None:

@@ -18,7 +18,7 @@ from peft_vision_lora.testing import TINY_VIT
 from peft_vision_lora.training import ModelArguments
 from peft_vision_lora.training import checkpointing as ckpt
 from peft_vision_lora.training.data import check_same_classes, choose_eval_splits, class_names
-from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing
+from peft_vision_lora.training.model import build_training_model, enable_gradient_checkpointing, merged_adapters
 from peft_vision_lora.training.optim import (
     MAX_FLOOR_EPOCHS,
     StepPlan,
@@ -166,6 +166,35 @@ def test_gradient_checkpointing_recomputes_and_reaches_lora_weights(tiny_vit, pi
     assert lora and all(checkpointed[n] is not None and checkpointed[n].abs().sum() > 0 for n in lora)
     for name, grad in checkpointed.items():
         torch.testing.assert_close(grad, plain[name])
+
+
+def test_merged_adapters_run_plain_layers_and_restore_the_frozen_weights_bit_for_bit(tiny_vit, pixel_values):
+    torch.manual_seed(0)
+    model = build_training_model(ModelArguments(r=4, use_dora=False), tiny_vit, LABELS).eval()
+    with torch.no_grad():  # a trained adapter: B non-zero, so merging really changes the frozen weights
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = model(pixel_values=pixel_values).logits
+    q_proj = model.get_base_model().vit.layers[0].attention.q_proj
+    lora_calls = []
+    q_proj.lora_A["default"].register_forward_hook(lambda *_: lora_calls.append(1))
+    with merged_adapters(model), torch.no_grad():
+        assert q_proj.merged
+        assert not torch.equal(
+            q_proj.base_layer.weight, before["base_model.model.vit.layers.0.attention.q_proj.base_layer.weight"]
+        )
+        merged = model(pixel_values=pixel_values).logits
+    assert lora_calls == []  # the LoRA branch did not run: the plain layer did its work
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    assert not q_proj.merged
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name  # unmerging alone would leave rounding in the base weights
+    with pytest.raises(RuntimeError, match="inside"), merged_adapters(model):
+        raise RuntimeError("inside")
+    assert not q_proj.merged and all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_metric_modules_load_by_path_and_agree_with_numpy():
