@@ -6,6 +6,7 @@ weights (``--models`` picks):
 - images/s of the base classifier, the LoRA model unmerged (``load_model``) and merged (``load_model(merge=True)``);
 - ``pipeline("image-classification", model=<adapter folder>)`` on 8 PIL images end to end against a bare forward of
   the same model on the same, already preprocessed, batch (both timed in one worker, interleaved);
+- the LoRA model as a training run evaluates it: unmerged against inside ``merged_adapters``, in turns in one worker;
 - peak memory of one ``MultiAdapterClassifier`` serving 4 adapters against 4 merged models in one process;
 - one mixed batch (a quarter of the images for each of 4 adapters, one forward) against 4 single-adapter batches of
   the same images on the same ``MultiAdapterClassifier``: time, peak RSS and tensor peak.
@@ -53,7 +54,8 @@ TARGET_PIPELINE_OVERHEAD = 0.10
 FORWARD_VARIANTS = ("base", "lora-unmerged", "lora-merged")
 SERVING_VARIANTS = ("multi-adapter", "merged-models")
 MIXED_VARIANTS = ("mixed-batch", "single-adapter-batches")
-KINDS = ("forward", "paired", "pipeline", "serving", "mixed")
+KINDS = ("forward", "paired", "evaluation", "pipeline", "serving", "mixed")
+PAIRED_KEYS = {"paired": ("base_s", "merged_s"), "evaluation": ("unmerged_s", "merged_s")}
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -93,31 +95,49 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
         model = pvl.load_model(config["adapters"][0], merge=variant == "lora-merged")
     size = config["image_size"]
     pixel_values = torch.randn(config["batch_size"], 3, size, size)
-    # Another size than the checkpoint's: every variant resamples its position embeddings alike.
-    kwargs = {"interpolate_pos_encoding": True} if size != model.config.image_size else {}
+    kwargs = pos_kwargs(model, size)
     load_peak = reset_peak_rss()
     with torch.inference_mode():
         times = time_calls(lambda: model(pixel_values=pixel_values, **kwargs), config["warmup"], config["batches"])
     return {"batch_s": times, "load_peak_rss_mb": load_peak, "setup_rss_mb": current_rss_mb()}
 
 
+def pos_kwargs(model: Any, size: int) -> dict[str, Any]:
+    """Another size than the checkpoint's: every variant resamples its position embeddings alike."""
+    return {"interpolate_pos_encoding": True} if size != model.config.image_size else {}
+
+
 def paired_work(config: dict[str, Any]) -> dict[str, Any]:
-    """Base and merged model in one worker, timed in turns: the merge's cost without worker-to-worker drift."""
+    """Two models in one worker, timed in turns: a merge's cost without worker-to-worker drift. ``paired``: the base
+    classifier against the merged adapter; ``evaluation``: the LoRA model as a run holds it, plain against inside
+    ``merged_adapters`` (how a run's evaluations and LP-FT pass call it)."""
     import torch
 
     import peft_vision_lora as pvl
+    from peft_vision_lora.training.model import merged_adapters
 
-    base = load_base(config)
-    merged = pvl.load_model(config["adapters"][0], merge=True)
-    pixel_values = torch.randn(config["batch_size"], 3, config["image_size"], config["image_size"])
-    timings: dict[str, list[float]] = {"base_s": [], "merged_s": []}
+    size = config["image_size"]
+    pixel_values = torch.randn(config["batch_size"], 3, size, size)
+    if config["kind"] == "paired":
+        base, merged = load_base(config), pvl.load_model(config["adapters"][0], merge=True)
+        first = partial(base, pixel_values=pixel_values, **pos_kwargs(base, size))
+        second = partial(merged, pixel_values=pixel_values, **pos_kwargs(merged, size))
+    else:
+        model = pvl.load_model(config["adapters"][0])
+        first = partial(model, pixel_values=pixel_values, **pos_kwargs(model, size))
+
+        def second() -> None:
+            with merged_adapters(model):
+                first()
+
+    keys = PAIRED_KEYS[config["kind"]]
+    timings: dict[str, list[float]] = {key: [] for key in keys}
     with torch.inference_mode():
-        for model in (base, merged):  # warmup
-            model(pixel_values=pixel_values)
+        first(), second()  # warmup
         for round_ in range(2 * config["batches"]):
-            order = [("base_s", base), ("merged_s", merged)]
-            for key, model in order if round_ % 2 == 0 else order[::-1]:  # alternate who goes first
-                timings[key] += time_calls(partial(model, pixel_values=pixel_values), 0, 1)
+            order = list(zip(keys, (first, second)))
+            for key, call in order if round_ % 2 == 0 else order[::-1]:  # alternate who goes first
+                timings[key] += time_calls(call, 0, 1)
     return timings
 
 
@@ -291,6 +311,7 @@ def main() -> None:
             }
             model_configs = [{"name": f"{model}/{v}", "kind": "forward", "variant": v} for v in FORWARD_VARIANTS]
             model_configs.append({"name": f"{model}/paired", "kind": "paired", "variant": "base+merged"})
+            model_configs.append({"name": f"{model}/evaluation", "kind": "evaluation", "variant": "unmerged+merged"})
             model_configs.append({"name": f"{model}/pipeline", "kind": "pipeline", "variant": "pipeline"})
             model_configs += [{"name": f"{model}/{v}", "kind": "serving", "variant": v} for v in SERVING_VARIANTS]
             model_configs += [{"name": f"{model}/{v}", "kind": "mixed", "variant": v} for v in MIXED_VARIANTS]
@@ -372,6 +393,14 @@ def summarize(
             ratios = [statistics.median(r["merged_s"]) / statistics.median(r["base_s"]) for r in runs]
             best = min(min(r["merged_s"]) for r in runs) / min(min(r["base_s"]) for r in runs)
             times[(config["model"], "paired-merged")] = (statistics.median(ratios), best)
+        elif config["kind"] == "evaluation":
+            measured = {
+                "lora-unmerged (paired)": per_run_median(runs, "unmerged_s"),
+                "lora merged in place (paired)": per_run_median(runs, "merged_s"),
+            }
+            ratios = [statistics.median(r["merged_s"]) / statistics.median(r["unmerged_s"]) for r in runs]
+            best = min(min(r["merged_s"]) for r in runs) / min(min(r["unmerged_s"]) for r in runs)
+            times[(config["model"], "evaluation-merged")] = (statistics.median(ratios), best)
         elif config["kind"] == "pipeline":
             measured = {
                 "pipeline": per_run_median(runs, "pipeline_s"),
@@ -409,6 +438,9 @@ def summarize(
         if (model, "paired-merged") in times:
             paired, paired_best = times[(model, "paired-merged")]
             summary.append(ratio(model, "merged / base time, paired in one worker", paired, paired_best, TARGET_MERGED))
+        if (model, "evaluation-merged") in times:
+            paired, paired_best = times[(model, "evaluation-merged")]
+            summary.append(ratio(model, "merged in place / unmerged time, paired in one worker", paired, paired_best))
         if (model, "base") in times:
             base = times[(model, "base")]
             merged, unmerged = times[(model, "lora-merged")], times[(model, "lora-unmerged")]

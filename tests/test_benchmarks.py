@@ -115,6 +115,8 @@ def test_inference_quick(tmp_path):
         "lora-merged",
         "base (paired)",
         "lora-merged (paired)",
+        "lora-unmerged (paired)",
+        "lora merged in place (paired)",
         "pipeline",
         "bare forward (pipeline's model)",
         "multi-adapter",
@@ -134,6 +136,11 @@ def test_inference_quick(tmp_path):
     assert len(run["base_s"]) == len(run["merged_s"]) >= 2
     assert paired["best"] == pytest.approx(min(run["merged_s"]) / min(run["base_s"]))
     assert paired["target"] == 1.02 and isinstance(paired["met"], bool)
+    # A run's evaluations: the same LoRA model timed as is and inside merged_adapters, in turns.
+    (run,) = result["runs"]["tiny-vit/evaluation"]
+    assert len(run["unmerged_s"]) == len(run["merged_s"]) >= 2
+    in_place = ratios["merged in place / unmerged time, paired in one worker"]
+    assert in_place["best"] == pytest.approx(min(run["merged_s"]) / min(run["unmerged_s"]))
     # The overhead is the median over workers of each worker's own pipeline / bare forward time (a tiny model's
     # timings are noise: the figure is checked for how it is derived, not for its size).
     overhead = ratios["pipeline overhead over bare forward"]

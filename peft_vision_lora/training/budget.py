@@ -7,8 +7,14 @@ learning-rate schedule is rebuilt for that length. Each tenth of the budget the 
 again (a shared machine's speed drifts), until four fifths of the budget are spent. Unless ``--eval_strategy`` was
 given, evaluations during training are spaced so that they cost about a tenth of the training time (every epoch when
 an epoch costs ten evaluations or more, every few epochs otherwise): a budget pays for steps first. The plan is stored
-in checkpoints, so a resumed run keeps it rather than measuring again. The recipe does not change with the budget: only
-the run's length does, so more time never means a different (possibly worse) recipe, only more steps of the same one.
+in checkpoints, so a resumed run keeps it rather than measuring again.
+
+The recipe changes with the budget in one explicit, printed way: token dropout halves a step's cost but caps what
+many epochs learn, so when the first plan fits at least ``EVERY_TOKEN_EPOCHS`` epochs of token-dropped steps, the run
+trains on every token from then on and plans again on the dearer steps (about 6 epochs of them). Chosen on validation
+carved from train at the budget of 4 hand-loop epochs (10-11 epochs at token keep 0.5): every token was ahead on the
+mean of cifar10-1k and fashion-mnist-1k (benchmarks/RESULTS.md), so the switch does not make more time give a worse
+model; below it, more time is more steps of the same recipe.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .clock import PhaseClock
 from .model import merged_adapters
 from .optim import StepPlan
 from .parts import LoopPart
+from .token_dropout import TokenDropoutPart
 from .validation import EvalCadence
 
 # Writing the run folder (adapter, processor, card, metrics, plots) and the process exit, beyond the evaluations:
@@ -47,6 +54,8 @@ TIMED_STEPS = 2  # steps timed after the first one (which warms up) before the l
 # A shared machine's speed drifts: a fresh run measures its recent steps again and re-plans each tenth of the budget,
 # until four fifths of it are spent. A resumed run keeps its checkpoint's plan (its schedule is the one saved).
 REPLAN_EVERY, LAST_PLAN, RECENT_STEPS = 0.1, 0.8, 5
+# A budget that fits this many epochs of token-dropped steps trains on every token instead (see the module docstring).
+EVERY_TOKEN_EPOCHS = 10
 
 
 class BudgetError(ValueError):
@@ -66,11 +75,13 @@ class BudgetPlan:
     total_steps: int
     evaluations: int  # evaluations during training that the plan paid for
     eval_every_epochs: int = 1  # under the epoch strategy: the spacing of those evaluations
+    every_token: bool = False  # token dropout turned off: the budget fits EVERY_TOKEN_EPOCHS epochs of dropped steps
 
     def describe(self) -> str:
         every = f" (every {self.eval_every_epochs} epochs)" if self.eval_every_epochs > 1 else ""
+        tokens = ", on every token" if self.every_token else ""
         return (
-            f"Time budget {self.budget_s:.0f}s: {self.total_steps} steps of {self.step_s:.2f}s, "
+            f"Time budget {self.budget_s:.0f}s: {self.total_steps} steps of {self.step_s:.2f}s{tokens}, "
             f"{self.evaluations} evaluations of {self.eval_s:.1f}s{every}, {self.final_s:.0f}s for the final "
             f"evaluation and outputs, {self.elapsed_s:.0f}s spent on the first {self.steps_done}"
         )
@@ -131,9 +142,9 @@ def eval_spacing(eval_s: float, epoch_s: float) -> int:
 class TimeBudget(LoopPart):
     """Measures the run's own costs, then gives it the length that ends inside the budget (``replan(plan)``).
 
-    ``planned``: the length was planned already (a resumed run), so nothing is measured again. ``cadence``: when the
-    watched split is evaluated; ``space_evaluations``: the plan may space epoch evaluations (the strategy was not
-    asked for).
+    ``saved``: the plan of the checkpoint a resumed run continues from (nothing is measured again). ``cadence``: when
+    the watched split is evaluated; ``space_evaluations``: the plan may space epoch evaluations (the strategy was not
+    asked for); ``token_dropout``: the run's token dropout, which a budget of many epochs turns off.
     """
 
     name = "time_budget"
@@ -142,7 +153,7 @@ class TimeBudget(LoopPart):
         self,
         budget_s: float,
         *,
-        planned: bool,
+        saved: BudgetPlan | None,
         clock: PhaseClock,
         accelerator: Accelerator,
         step_model: nn.Module,
@@ -151,8 +162,11 @@ class TimeBudget(LoopPart):
         cadence: EvalCadence,
         space_evaluations: bool,
         replan: Callable[[BudgetPlan], None],
+        token_dropout: TokenDropoutPart | None = None,
     ) -> None:
-        self.budget_s, self.planned, self.clock, self.accelerator = budget_s, planned, clock, accelerator
+        self.budget_s, self.saved, self.clock, self.accelerator = budget_s, saved, clock, accelerator
+        self.planned = saved is not None
+        self.token_dropout = token_dropout if token_dropout and token_dropout.drops_tokens() else None
         self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
         self.cadence, self.space_evaluations, self.replan = cadence, space_evaluations, replan
         self.batch_s = 0.0
@@ -160,13 +174,17 @@ class TimeBudget(LoopPart):
         self.since_start: tuple[int, float, float] | None = None
         self.recent: tuple[int, float, float] = (0, 0.0, 0.0)
         self.plan: BudgetPlan | None = None
-        self.done = planned
+        self.settled = False  # a plan was made on steps of the recipe the run goes on with
+        self.done = self.planned
 
     def recipe(self) -> str:
         planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps, checked as it runs)"
-        return f"--time_budget {self.budget_s:.0f}s{planned}"
+        tokens = f"; every token if {EVERY_TOKEN_EPOCHS}+ epochs fit" if self.token_dropout and not self.planned else ""
+        return f"--time_budget {self.budget_s:.0f}s{planned}{tokens}"
 
     def begin(self, resumed: bool) -> None:
+        if self.saved is not None and self.saved.every_token and self.token_dropout:
+            self.token_dropout.keep_every_token()  # as the run did when it was checkpointed
         if not self.planned:
             self.batch_s = self._eval_batch_seconds()
 
@@ -196,7 +214,7 @@ class TimeBudget(LoopPart):
             self.since_start = self.recent = (step, now, eval_s)
             return
         first, started, _ = self.recent
-        if step - first < TIMED_STEPS or (self.plan and now - started < REPLAN_EVERY * self.budget_s):
+        if step - first < TIMED_STEPS or (self.settled and now - started < REPLAN_EVERY * self.budget_s):
             return
         # Seconds per step, evaluations left out (the plan counts them apart): over the whole run so far, or over
         # the recent steps when the machine got slower (a few recent steps alone are too noisy to speed up on).
@@ -205,8 +223,14 @@ class TimeBudget(LoopPart):
             for begin, start, evals in (self.since_start, self.recent)
             if step - begin >= (TIMED_STEPS if begin == self.since_start[0] else RECENT_STEPS)
         ]
+        first_plan = self.plan is None
         self.plan = self._plan(max(rates), step)
         self.replan(self.plan)
+        if first_plan and self.plan.every_token:  # the steps timed dropped tokens: time the dearer ones, plan again
+            self.token_dropout.keep_every_token()
+            self.since_start = None
+            return
+        self.settled = True
         # The last plan is made with a fifth of the budget left, so that what follows it runs as planned.
         self.done = self.plan.total_steps <= step or self.clock.elapsed() > LAST_PLAN * self.budget_s
         self.recent = (step, time.perf_counter(), self.clock.total("eval"))
@@ -238,11 +262,20 @@ class TimeBudget(LoopPart):
                     cadence.every_epochs,
                 )  # fmt: skip
                 plan[0] = error if self.plan is None else ended
+            if isinstance(plan[0], BudgetPlan):
+                plan[0] = replace(plan[0], every_token=self._every_token(plan[0]))
         broadcast_object_list(plan)
         if isinstance(plan[0], BudgetError):
             raise plan[0]
         self.accelerator.print(plan[0].describe())
         return plan[0]
+
+    def _every_token(self, plan: BudgetPlan) -> bool:
+        """Decided once, at the first plan: whether the budget fits ``EVERY_TOKEN_EPOCHS`` epochs of dropped steps."""
+        if self.plan is not None:
+            return self.plan.every_token
+        epochs = plan.total_steps / self.cadence.steps_per_epoch
+        return self.token_dropout is not None and epochs >= EVERY_TOKEN_EPOCHS
 
 
 def budget_plan(plan: StepPlan, time_budget: str | None, saved: dict[str, float | int] | None) -> StepPlan:
@@ -261,12 +294,23 @@ def budget_parts(
     data_args: DataArguments,
     *,
     plan: StepPlan,
+    saved: dict[str, float | int] | None,
+    parts: list[LoopPart],
     **part: object,
 ) -> list[LoopPart]:
-    """``[TimeBudget(...)]`` under ``--time_budget`` (``part``: its other arguments), else nothing."""
+    """``[TimeBudget(...)]`` under ``--time_budget`` (``saved``: a resumed run's plan; ``parts``: the run's other
+    parts, of which the budget may turn token dropout off; ``part``: its other arguments), else nothing."""
     if args.time_budget is None:
         return []
     if data_args.resolution_schedule:
         raise ValueError("--resolution_schedule stages a run of known length: it cannot be used with --time_budget.")
-    planned, space = plan.reason == "budget", args.eval_strategy is None
-    return [TimeBudget(parse_duration(args.time_budget), planned=planned, space_evaluations=space, **part)]
+    token_dropout = next((p for p in parts if isinstance(p, TokenDropoutPart)), None)
+    return [
+        TimeBudget(
+            parse_duration(args.time_budget),
+            saved=BudgetPlan.from_dict(saved) if saved and plan.reason == "budget" else None,
+            space_evaluations=args.eval_strategy is None,
+            token_dropout=token_dropout,
+            **part,
+        )
+    ]

@@ -157,12 +157,13 @@ class Trainer:
         )
         self.train_data.prepare(accelerator)
         loaders = dict(zip(inputs.eval_loaders, loaders))
-        self.parts = LoopParts(choose_parts(
+        parts = choose_parts(
             self.model, model_args, data_args, training_args, accelerator=accelerator, data=self.data,
             train_data=self.train_data, eval_transforms=eval_tf, image_size=self.image_size,
             num_epochs=self.plan.num_epochs, clock=self.clock, cached=inputs.cache_s is not None,
-        ) + budget_parts(
-            training_args, data_args, plan=self.plan, cadence=self.cadence,
+        )  # fmt: skip
+        self.parts = LoopParts(parts + budget_parts(
+            training_args, data_args, plan=self.plan, saved=saved_budget, parts=parts, cadence=self.cadence,
             clock=self.clock, accelerator=accelerator, step_model=self.step_model, loaders=loaders,
             eval_split=eval_splits[0], replan=self._replan,
         ))  # fmt: skip

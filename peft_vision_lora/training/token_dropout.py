@@ -31,6 +31,14 @@ class TokenDropoutPart(LoopPart):
             return f"token keep {self.dropout.keep:g} ({kept} of {patches} patches)"
         return f"every token ({patches} patches, within --token_keep_min {self.dropout.min_tokens})"
 
+    def drops_tokens(self) -> bool:
+        """Whether training images lose tokens (small images keep all of theirs, within ``--token_keep_min``)."""
+        return self.dropout.keep < 1 and self.dropout.kept_tokens(self.patches) < self.patches
+
+    def keep_every_token(self) -> None:
+        """From the next step on, train on every token (a time budget with many epochs to spare asks for it)."""
+        self.dropout.keep = 1.0
+
     def before_forward(self, batch: dict[str, torch.Tensor], batch_number: int) -> None:
         rows = len(batch["labels"])
         first = self.rank * rows

@@ -148,6 +148,45 @@ def test_time_budget_spaces_epoch_evaluations_as_planned(tiny_vit, tiny_data, tm
     assert evaluated[-1] == plan["total_steps"]  # and once at the end
 
 
+def token_keeps(monkeypatch) -> list[float]:
+    """The keep fraction of every training forward's token dropout, in order."""
+    from peft_vision_lora.token_dropout import TokenDropout
+
+    keeps, hook = [], TokenDropout._hook
+
+    def recording(self, module, args, output):
+        if module.training:
+            keeps.append(self.keep)
+        return hook(self, module, args, output)
+
+    monkeypatch.setattr(TokenDropout, "_hook", recording)
+    return keeps
+
+
+@pytest.mark.parametrize("threshold", [10, 10**9], ids=["many-epochs-fit", "few-epochs-fit"])
+def test_a_budget_of_many_epochs_trains_on_every_token(tiny_vit, tiny_data, tmp_path, monkeypatch, capsys, threshold):
+    """The one budget-dependent rule: when the first plan fits EVERY_TOKEN_EPOCHS epochs of token-dropped steps, the
+    run turns token dropout off and plans again on the dearer steps; with fewer epochs it keeps dropping."""
+    monkeypatch.setattr("peft_vision_lora.training.budget.EVERY_TOKEN_EPOCHS", threshold)
+    keeps = token_keeps(monkeypatch)
+    # 32 px images of 16 patches, of which token keep 0.5 keeps 8 (the minimum lowered from 32 so that it drops).
+    flags = ["--time_budget", "12", "--token_keep", "0.5", "--token_keep_min", "4", "--logging_steps", "1"]
+    metrics = budget_run(tiny_vit, tiny_data, tmp_path / "out", *flags)
+    plan, printed = metrics["time_budget"], capsys.readouterr().out
+    assert f"--time_budget 12s (length set after 3 steps, checked as it runs); every token if {threshold}+" in printed
+    assert len(keeps) == metrics["total_steps"] > 20  # one training forward per step (batch 4, no accumulation)
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    plans = [e for e in log if "planned_steps" in e]
+    if threshold == 10:  # thousands of tiny steps fit: 6 steps an epoch
+        assert plan["every_token"] and "on every token" in printed
+        assert keeps[:3] == [0.5] * 3 and set(keeps[3:]) == {1.0}  # dropped until the first plan (step 3), then not
+        # Planned again on every-token steps (the next one warms up, two are timed), not a tenth of the budget later.
+        assert [e["step"] for e in plans[:2]] == [3, 6]
+    else:
+        assert not plan["every_token"] and "on every token" not in printed
+        assert set(keeps) == {0.5}
+
+
 def test_time_budget_too_small_stops_naming_the_step_time(tiny_vit, tiny_data, tmp_path):
     with pytest.raises(BudgetError, match=r"--time_budget 1s cannot hold .* one step takes \d+\.\d\ds"):
         budget_run(tiny_vit, tiny_data, tmp_path / "out", "--time_budget", "1s")
@@ -160,15 +199,20 @@ def test_time_budget_refuses_what_fixes_the_length(tiny_vit, tiny_data, tmp_path
         budget_run(tiny_vit, tiny_data, tmp_path / "b", "--time_budget", "60", "--resolution_schedule", "16", "32")
 
 
-def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(tiny_vit, tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokens", [[], ["--token_keep_min", "4"]], ids=["every-token", "switched-to-every-token"])
+def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(
+    tiny_vit, tiny_data, tmp_path, monkeypatch, tokens
+):
     # Re-plans stop at half the budget (not four fifths): a checkpoint always follows the last one, however much
     # slower a loaded machine runs than the plan expected.
     monkeypatch.setattr("peft_vision_lora.training.budget.LAST_PLAN", 0.5)
     flags = ["--time_budget", "10", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1000"]
-    first = budget_run(tiny_vit, tiny_data, tmp_path / "a", *flags)
+    first = budget_run(tiny_vit, tiny_data, tmp_path / "a", *flags, *tokens)
+    # With tokens dropped, the budget's many epochs turn dropout off at the first plan: resuming must keep it off.
+    assert first["time_budget"]["every_token"] == bool(tokens)
     log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
     plans = [e for e in log if "planned_steps" in e]  # the first plan at step 3, then a re-plan each second
-    assert plans[0]["step"] == 3 and 1 <= len(plans) <= 6 and plans[-1]["planned_steps"] == first["total_steps"]
+    assert plans[0]["step"] == 3 and 1 <= len(plans) <= 7 and plans[-1]["planned_steps"] == first["total_steps"]
     # The first checkpoint written under the final plan; the run folder as it was then (later checkpoints removed).
     checkpoints = list_checkpoints(tmp_path / "a")
     checkpoint = next((c for c in checkpoints if int(c.name.split("-")[1]) >= plans[-1]["step"]), None)
@@ -179,7 +223,7 @@ def test_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(tiny_v
     for later in list_checkpoints(resumed_dir):
         if later.name != checkpoint.name:
             shutil.rmtree(later)
-    second = budget_run(tiny_vit, tiny_data, resumed_dir, *flags, "--resume_from_checkpoint", "latest")
+    second = budget_run(tiny_vit, tiny_data, resumed_dir, *flags, *tokens, "--resume_from_checkpoint", "latest")
     assert second["time_budget"] == first["time_budget"] and second["total_steps"] == first["total_steps"]
     # The resumed run evaluates where the first one did after that checkpoint (the plan's spacing is kept).
     after = int(checkpoint.name.split("-")[1])

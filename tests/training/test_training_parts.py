@@ -168,9 +168,10 @@ def test_gradient_checkpointing_recomputes_and_reaches_lora_weights(tiny_vit, pi
         torch.testing.assert_close(grad, plain[name])
 
 
-def test_merged_adapters_run_plain_layers_and_restore_the_frozen_weights_bit_for_bit(tiny_vit, pixel_values):
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_merged_adapters_run_plain_layers_and_restore_the_frozen_weights_bit_for_bit(tiny_vit, pixel_values, use_dora):
     torch.manual_seed(0)
-    model = build_training_model(ModelArguments(r=4, use_dora=False), tiny_vit, LABELS).eval()
+    model = build_training_model(ModelArguments(r=4, use_dora=use_dora), tiny_vit, LABELS).eval()
     with torch.no_grad():  # a trained adapter: B non-zero, so merging really changes the frozen weights
         for name, p in model.named_parameters():
             if "lora_B" in name:
