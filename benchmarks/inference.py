@@ -247,6 +247,7 @@ def work(config: dict[str, Any]) -> dict[str, Any]:
     workers = {
         "forward": forward_work,
         "paired": paired_work,
+        "evaluation": paired_work,
         "pipeline": pipeline_work,
         "serving": serving_work,
         "mixed": mixed_work,
