@@ -55,7 +55,11 @@ FORWARD_VARIANTS = ("base", "lora-unmerged", "lora-merged")
 SERVING_VARIANTS = ("multi-adapter", "merged-models")
 MIXED_VARIANTS = ("mixed-batch", "single-adapter-batches")
 KINDS = ("forward", "paired", "evaluation", "pipeline", "serving", "mixed")
-PAIRED_KEYS = {"paired": ("base_s", "merged_s"), "evaluation": ("unmerged_s", "merged_s")}
+# Paired kinds: the two timings' keys and their table rows (the second is the one the ratio puts on top).
+PAIRED = {
+    "paired": (("base_s", "merged_s"), ("base (paired)", "lora-merged (paired)")),
+    "evaluation": (("unmerged_s", "merged_s"), ("lora-unmerged (paired)", "lora merged in place (paired)")),
+}
 
 
 # ------------------------------------------------------------------------------------------------------------ worker
@@ -87,6 +91,7 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import peft_vision_lora as pvl
+    from peft_vision_lora.training.model import forward_kwargs
 
     variant = config["variant"]
     if variant == "base":
@@ -95,16 +100,11 @@ def forward_work(config: dict[str, Any]) -> dict[str, Any]:
         model = pvl.load_model(config["adapters"][0], merge=variant == "lora-merged")
     size = config["image_size"]
     pixel_values = torch.randn(config["batch_size"], 3, size, size)
-    kwargs = pos_kwargs(model, size)
+    kwargs = forward_kwargs(model, size)  # another size than the checkpoint's: every variant resamples alike
     load_peak = reset_peak_rss()
     with torch.inference_mode():
         times = time_calls(lambda: model(pixel_values=pixel_values, **kwargs), config["warmup"], config["batches"])
     return {"batch_s": times, "load_peak_rss_mb": load_peak, "setup_rss_mb": current_rss_mb()}
-
-
-def pos_kwargs(model: Any, size: int) -> dict[str, Any]:
-    """Another size than the checkpoint's: every variant resamples its position embeddings alike."""
-    return {"interpolate_pos_encoding": True} if size != model.config.image_size else {}
 
 
 def paired_work(config: dict[str, Any]) -> dict[str, Any]:
@@ -114,23 +114,23 @@ def paired_work(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import peft_vision_lora as pvl
-    from peft_vision_lora.training.model import merged_adapters
+    from peft_vision_lora.training.model import forward_kwargs, merged_adapters
 
     size = config["image_size"]
     pixel_values = torch.randn(config["batch_size"], 3, size, size)
     if config["kind"] == "paired":
         base, merged = load_base(config), pvl.load_model(config["adapters"][0], merge=True)
-        first = partial(base, pixel_values=pixel_values, **pos_kwargs(base, size))
-        second = partial(merged, pixel_values=pixel_values, **pos_kwargs(merged, size))
+        first = partial(base, pixel_values=pixel_values, **forward_kwargs(base, size))
+        second = partial(merged, pixel_values=pixel_values, **forward_kwargs(merged, size))
     else:
         model = pvl.load_model(config["adapters"][0])
-        first = partial(model, pixel_values=pixel_values, **pos_kwargs(model, size))
+        first = partial(model, pixel_values=pixel_values, **forward_kwargs(model, size))
 
         def second() -> None:
             with merged_adapters(model):
                 first()
 
-    keys = PAIRED_KEYS[config["kind"]]
+    keys = PAIRED[config["kind"]][0]
     timings: dict[str, list[float]] = {key: [] for key in keys}
     with torch.inference_mode():
         first(), second()  # warmup
@@ -386,22 +386,12 @@ def summarize(
     for config in configs:
         runs = results[config["name"]]
         batch = config["batch_size"]
-        if config["kind"] == "paired":
-            measured = {
-                "base (paired)": per_run_median(runs, "base_s"),
-                "lora-merged (paired)": per_run_median(runs, "merged_s"),
-            }
-            ratios = [statistics.median(r["merged_s"]) / statistics.median(r["base_s"]) for r in runs]
-            best = min(min(r["merged_s"]) for r in runs) / min(min(r["base_s"]) for r in runs)
-            times[(config["model"], "paired-merged")] = (statistics.median(ratios), best)
-        elif config["kind"] == "evaluation":
-            measured = {
-                "lora-unmerged (paired)": per_run_median(runs, "unmerged_s"),
-                "lora merged in place (paired)": per_run_median(runs, "merged_s"),
-            }
-            ratios = [statistics.median(r["merged_s"]) / statistics.median(r["unmerged_s"]) for r in runs]
-            best = min(min(r["merged_s"]) for r in runs) / min(min(r["unmerged_s"]) for r in runs)
-            times[(config["model"], "evaluation-merged")] = (statistics.median(ratios), best)
+        if config["kind"] in PAIRED:
+            (below, above), labels = PAIRED[config["kind"]]
+            measured = {label: per_run_median(runs, key) for label, key in zip(labels, (below, above))}
+            ratios = [statistics.median(r[above]) / statistics.median(r[below]) for r in runs]
+            best = min(min(r[above]) for r in runs) / min(min(r[below]) for r in runs)
+            times[(config["model"], f"{config['kind']}-merged")] = (statistics.median(ratios), best)
         elif config["kind"] == "pipeline":
             measured = {
                 "pipeline": per_run_median(runs, "pipeline_s"),

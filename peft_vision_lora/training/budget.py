@@ -165,7 +165,6 @@ class TimeBudget(LoopPart):
         token_dropout: TokenDropoutPart | None = None,
     ) -> None:
         self.budget_s, self.saved, self.clock, self.accelerator = budget_s, saved, clock, accelerator
-        self.planned = saved is not None
         self.token_dropout = token_dropout if token_dropout and token_dropout.drops_tokens() else None
         self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
         self.cadence, self.space_evaluations, self.replan = cadence, space_evaluations, replan
@@ -176,6 +175,11 @@ class TimeBudget(LoopPart):
         self.plan: BudgetPlan | None = None
         self.settled = False  # a plan was made on steps of the recipe the run goes on with
         self.done = self.planned
+
+    @property
+    def planned(self) -> bool:
+        """The length was planned already (a resumed run): nothing is measured again."""
+        return self.saved is not None
 
     def recipe(self) -> str:
         planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps, checked as it runs)"
