@@ -289,9 +289,10 @@ def test_phases_add_up_to_the_whole_run(tiny_vit, tiny_data, tmp_path):
     wall = time.perf_counter() - started
     phases = metrics["phases"]
     assert set(phases) == {"startup_s", "linear_probe_s", "train_s", "eval_s", "outputs_s", "total_s"}
-    # Library calls count from the Trainer's construction: the phases are the call itself, to 2%.
+    # Library calls count from the Trainer's construction: the phases are the call itself, to 2%. Only metrics.json's
+    # own write (two fsyncs) comes after the clock stops: on this 1-second run a busy disk there is worth 0.1 s.
     assert sum(v for k, v in phases.items() if k != "total_s") == pytest.approx(phases["total_s"], rel=0.02)
-    assert phases["total_s"] == pytest.approx(wall, rel=0.02)
+    assert 0 <= wall - phases["total_s"] <= max(0.02 * wall, 0.1)
     assert json.loads((out / "metrics.json").read_text())["phases"] == phases  # written after the outputs
     evaluations = [e for e in metrics_log(out) if "eval_top1_accuracy" in e]
     assert [e["step"] for e in evaluations] == [2, 4] and all(e["eval_s"] > 0 for e in evaluations)
