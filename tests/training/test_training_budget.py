@@ -163,8 +163,12 @@ def token_keeps(monkeypatch) -> list[float]:
     return keeps
 
 
-@pytest.mark.parametrize("threshold", [7.5, 10**9], ids=["many-epochs-fit", "few-epochs-fit"])
-def test_a_budget_of_many_epochs_trains_on_every_token(tiny_vit, tiny_data, tmp_path, monkeypatch, capsys, threshold):
+@pytest.mark.parametrize(
+    ("threshold", "switches"), [(7.5, True), (10**9, False)], ids=["many-epochs-fit", "few-epochs-fit"]
+)
+def test_a_budget_of_many_epochs_trains_on_every_token(
+    tiny_vit, tiny_data, tmp_path, monkeypatch, capsys, threshold, switches
+):
     """The one budget-dependent rule: when the first plan fits EVERY_TOKEN_EPOCHS epochs of token-dropped steps, the
     run turns token dropout off and plans again on the dearer steps; with fewer epochs it keeps dropping."""
     monkeypatch.setattr("peft_vision_lora.training.budget.EVERY_TOKEN_EPOCHS", threshold)
@@ -177,7 +181,7 @@ def test_a_budget_of_many_epochs_trains_on_every_token(tiny_vit, tiny_data, tmp_
     assert len(keeps) == metrics["total_steps"] > 20  # one training forward per step (batch 4, no accumulation)
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     plans = [e for e in log if "planned_steps" in e]
-    if threshold == 7.5:  # thousands of tiny steps fit: 6 steps an epoch
+    if switches:  # thousands of tiny steps fit: 6 steps an epoch
         assert plan["every_token"] and "on every token" in printed
         assert keeps[:3] == [0.5] * 3 and set(keeps[3:]) == {1.0}  # dropped until the first plan (step 3), then not
         # Planned again on every-token steps (the next one warms up, two are timed), not a tenth of the budget later.
