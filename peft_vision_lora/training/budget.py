@@ -9,13 +9,16 @@ given, evaluations during training are spaced so that they cost about a tenth of
 an epoch costs ten evaluations or more, every few epochs otherwise): a budget pays for steps first. The plan is stored
 in checkpoints, so a resumed run keeps it rather than measuring again.
 
-The recipe changes with the budget in one explicit, printed way: token dropout halves a step's cost but caps what
-many epochs learn, so when the first plan fits at least ``EVERY_TOKEN_EPOCHS`` epochs of token-dropped steps, the run
-trains on every token from then on and plans again on the dearer steps (about half as many). Chosen on validation
-carved from train (benchmarks/RESULTS.md): at the compute of 8 epochs of token keep 0.5, every token for half the steps
-was ahead on cifar10-1k (3 seeds of 3) and level on fashion-mnist-1k; at 10-11 epochs ahead on both. The threshold sits
-a little below 8 because a first plan's epoch count moves by about 5% with a shared machine's speed. Below it, more
-time is more steps of the same recipe, so the switch does not make more time give a worse model.
+The recipe changes with the budget in one explicit, printed way, decided once before the first step: token dropout
+halves a step's cost and LP-FT gives the head a start, but both cap what many epochs learn. So when the budget fits at
+least ``EVERY_TOKEN_EPOCHS`` epochs of the default recipe (token-dropped steps, timed on a forward and backward of
+random images, after the LP-FT pass, estimated from the timed evaluation batch), the run trains on every token from a
+random head instead, for about half as many steps. Chosen on validation carved from train (benchmarks/RESULTS.md): at
+the compute of 8 epochs of token keep 0.5, every token for half the steps was ahead on cifar10-1k (3 seeds of 3) and
+level on fashion-mnist-1k, and at that length a random head was ahead of the LP-FT one on cifar10-1k (73.0 against
+70.5, 3 seeds) and level on fashion-mnist-1k. The threshold sits a little below 8 because the estimate moves by about
+5% with a shared machine's speed. Below it, more time is more steps of the same recipe, so the switch does not make
+more time give a worse model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader
 from ..evaluation.metrics import model_inputs
 from .arguments import DataArguments, TrainingArguments, parse_duration
 from .clock import PhaseClock
+from .head_init import LinearProbeHead
 from .model import merged_adapters
 from .optim import StepPlan
 from .parts import LoopPart
@@ -55,7 +60,7 @@ TIMED_STEPS = 2  # steps timed after the first one (which warms up) before the l
 # A shared machine's speed drifts: a fresh run measures its recent steps again and re-plans each tenth of the budget,
 # until four fifths of it are spent. A resumed run keeps its checkpoint's plan (its schedule is the one saved).
 REPLAN_EVERY, LAST_PLAN, RECENT_STEPS = 0.1, 0.8, 5
-# A budget that fits this many epochs of token-dropped steps trains on every token instead (see the module docstring).
+# A budget that fits this many epochs of the default recipe trains on every token from a random head (module docstring).
 EVERY_TOKEN_EPOCHS = 7.5
 
 
@@ -76,11 +81,12 @@ class BudgetPlan:
     total_steps: int
     evaluations: int  # evaluations during training that the plan paid for
     eval_every_epochs: int = 1  # under the epoch strategy: the spacing of those evaluations
-    every_token: bool = False  # token dropout turned off: the budget fits EVERY_TOKEN_EPOCHS epochs of dropped steps
+    every_token: bool = False  # every token from a random head: the budget fit EVERY_TOKEN_EPOCHS epochs of the default
+    dropped_epochs: float = 0.0  # epochs of the default recipe the budget was estimated to fit (0: no choice to make)
 
     def describe(self) -> str:
         every = f" (every {self.eval_every_epochs} epochs)" if self.eval_every_epochs > 1 else ""
-        tokens = ", on every token" if self.every_token else ""
+        tokens = ", on every token from a random head" if self.every_token else ""
         return (
             f"Time budget {self.budget_s:.0f}s: {self.total_steps} steps of {self.step_s:.2f}s{tokens}, "
             f"{self.evaluations} evaluations of {self.eval_s:.1f}s{every}, {self.final_s:.0f}s for the final "
@@ -145,7 +151,9 @@ class TimeBudget(LoopPart):
 
     ``saved``: the plan of the checkpoint a resumed run continues from (nothing is measured again). ``cadence``: when
     the watched split is evaluated; ``space_evaluations``: the plan may space epoch evaluations (the strategy was not
-    asked for); ``token_dropout``: the run's token dropout, which a budget of many epochs turns off.
+    asked for); ``token_dropout`` and ``linear_probe``: the run's token dropout and LP-FT, which a budget of many
+    epochs turns off; ``batch_size``, ``accumulation``, ``eval_batch_size``, ``image_size``: what a step and an
+    evaluation batch hold, for the estimate that chooses the recipe.
     """
 
     name = "time_budget"
@@ -163,18 +171,25 @@ class TimeBudget(LoopPart):
         cadence: EvalCadence,
         space_evaluations: bool,
         replan: Callable[[BudgetPlan], None],
+        image_size: int,
+        batch_size: int,
+        accumulation: int = 1,
+        eval_batch_size: int = 1,
         token_dropout: TokenDropoutPart | None = None,
+        linear_probe: LinearProbeHead | None = None,
     ) -> None:
         self.budget_s, self.saved, self.clock, self.accelerator = budget_s, saved, clock, accelerator
         self.token_dropout = token_dropout if token_dropout and token_dropout.drops_tokens() else None
+        self.linear_probe, self.image_size, self.batch_size = linear_probe, image_size, batch_size
+        self.accumulation, self.eval_batch_size = accumulation, eval_batch_size
         self.step_model, self.loaders, self.eval_split = step_model, loaders, eval_split
         self.cadence, self.space_evaluations, self.replan = cadence, space_evaluations, replan
         self.batch_s = 0.0
+        self.every_token, self.dropped_epochs = False, 0.0
         # (step, time, evaluation seconds) where the timing of all steps and of the recent ones started
         self.since_start: tuple[int, float, float] | None = None
         self.recent: tuple[int, float, float] = (0, 0.0, 0.0)
         self.plan: BudgetPlan | None = None
-        self.settled = False  # a plan was made on steps of the recipe the run goes on with
         self.done = self.planned
 
     @property
@@ -184,14 +199,71 @@ class TimeBudget(LoopPart):
 
     def recipe(self) -> str:
         planned = "" if self.planned else f" (length set after {TIMED_STEPS + 1} steps, checked as it runs)"
-        tokens = f"; every token if {EVERY_TOKEN_EPOCHS}+ epochs fit" if self.token_dropout and not self.planned else ""
+        tokens = ""
+        if self.token_dropout and not self.planned:
+            tokens = f"; every token from a random head if {EVERY_TOKEN_EPOCHS}+ epochs fit"
         return f"--time_budget {self.budget_s:.0f}s{planned}{tokens}"
 
     def begin(self, resumed: bool) -> None:
-        if self.saved is not None and self.saved.every_token and self.token_dropout:
-            self.token_dropout.keep_every_token()  # as the run did when it was checkpointed
-        if not self.planned:
-            self.batch_s = self._eval_batch_seconds()
+        if self.saved is not None:
+            self.every_token = self.saved.every_token
+            if self.every_token and self.token_dropout:
+                self.token_dropout.keep_every_token()  # as the run did when it was checkpointed
+            return
+        self.batch_s = self._eval_batch_seconds()
+        if self.token_dropout:
+            self._choose_recipe()
+
+    def _choose_recipe(self) -> None:
+        """Before the first step (and the LP-FT pass): every token from a random head when the budget fits
+        ``EVERY_TOKEN_EPOCHS`` epochs of the default recipe."""
+        step_s = self._step_seconds()
+        estimate: list[float] = [0.0, step_s]
+        if self.accelerator.is_main_process:
+            probe_s = 0.0
+            if self.linear_probe is not None:  # the pass the default recipe would make: one evaluation of train
+                probe_s = EVAL_OVERHEAD_S + self.batch_s * math.ceil(self.linear_probe.images() / self.eval_batch_size)
+            try:
+                plan = self._plan_here(step_s, 0, self.clock.elapsed() + probe_s)
+                estimate[0] = plan.total_steps / self.cadence.steps_per_epoch
+            except BudgetError:
+                pass  # the first plan, on timed steps, refuses the budget with the measured times
+        broadcast_object_list(estimate)
+        self.dropped_epochs, step_s = estimate
+        self.every_token = self.dropped_epochs >= EVERY_TOKEN_EPOCHS
+        if self.every_token:
+            self.token_dropout.keep_every_token()
+            if self.linear_probe is not None:
+                self.linear_probe.skip()
+        self.accelerator.print(
+            f"Time budget {self.budget_s:.0f}s fits about {self.dropped_epochs:.1f} epochs of token-dropped steps of "
+            f"{step_s:.2f}s: "
+            + ("every token from a random head" if self.every_token else f"fewer than {EVERY_TOKEN_EPOCHS}, kept")
+        )
+
+    def _step_seconds(self) -> float:
+        """One optimizer step's forward and backward on random images, timed on the second of two (the first warms
+        up). The gradients are dropped and no random state is drawn, so the run trains as it would have."""
+        model, device = self.step_model, self.accelerator.device
+        rows, size = self.batch_size, self.image_size
+        pixels = torch.randn(rows, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        labels = torch.zeros(rows, dtype=torch.long, device=device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        seconds = []
+        model.train()
+        # No gradient is averaged between processes (they are dropped), and the RNG states are restored after.
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with rng, self.accelerator.no_sync(model):
+            for _ in range(2):
+                self.token_dropout.before_forward({"labels": labels}, 0)
+                started = time.perf_counter()
+                F.cross_entropy(model(pixel_values=pixels).logits.float(), labels).backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds.append(time.perf_counter() - started)
+                for param in trainable:
+                    param.grad = None
+        return seconds[-1] * self.accumulation
 
     @torch.no_grad()
     def _eval_batch_seconds(self) -> float:
@@ -219,7 +291,7 @@ class TimeBudget(LoopPart):
             self.since_start = self.recent = (step, now, eval_s)
             return
         first, started, _ = self.recent
-        if step - first < TIMED_STEPS or (self.settled and now - started < REPLAN_EVERY * self.budget_s):
+        if step - first < TIMED_STEPS or (self.plan and now - started < REPLAN_EVERY * self.budget_s):
             return
         # Seconds per step, evaluations left out (the plan counts them apart): over the whole run so far, or over
         # the recent steps when the machine got slower (a few recent steps alone are too noisy to speed up on).
@@ -228,59 +300,47 @@ class TimeBudget(LoopPart):
             for begin, start, evals in (self.since_start, self.recent)
             if step - begin >= (TIMED_STEPS if begin == self.since_start[0] else RECENT_STEPS)
         ]
-        first_plan = self.plan is None
         self.plan = self._plan(max(rates), step)
         self.replan(self.plan)
-        if first_plan and self.plan.every_token:  # the steps timed dropped tokens: time the dearer ones, plan again
-            self.token_dropout.keep_every_token()
-            self.since_start = None
-            return
-        self.settled = True
         # The last plan is made with a fifth of the budget left, so that what follows it runs as planned.
         self.done = self.plan.total_steps <= step or self.clock.elapsed() > LAST_PLAN * self.budget_s
         self.recent = (step, time.perf_counter(), self.clock.total("eval"))
+
+    def _plan_here(self, step_s: float, steps_done: int, elapsed_s: float) -> BudgetPlan:
+        """The plan for a step of ``step_s`` seconds, ``elapsed_s`` into the run (this process's measurements)."""
+        cost = {split: EVAL_OVERHEAD_S + self.batch_s * len(loader) for split, loader in self.loaders.items()}
+        eval_s = cost[self.eval_split] if self.eval_split else 0.0
+        # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
+        final_s = sum(cost.values()) + (eval_s if self.eval_split == "validation" else 0.0)
+        cadence = self.cadence
+        if self.space_evaluations and cadence.strategy == "epoch":
+            cadence = replace(cadence, every_epochs=eval_spacing(eval_s, step_s * cadence.steps_per_epoch))
+        try:
+            plan = plan_budget(
+                self.budget_s, elapsed_s=elapsed_s, steps_done=steps_done, step_s=step_s, eval_s=eval_s,
+                final_s=final_s, cadence=cadence,
+            )  # fmt: skip
+        except BudgetError:
+            if self.plan is None:
+                raise  # refused at the first plan; later, the run is out of time: it ends now
+            plan = BudgetPlan(
+                self.budget_s, elapsed_s, steps_done, step_s, eval_s, final_s, steps_done, 0, cadence.every_epochs
+            )
+        return replace(plan, every_token=self.every_token, dropped_epochs=self.dropped_epochs)
 
     def _plan(self, step_s: float, steps_done: int) -> BudgetPlan:
         """The plan, made by the main process and sent to all, so that every process trains the same steps."""
         plan: list[BudgetPlan | BudgetError | None] = [None]
         if self.accelerator.is_main_process:
-            cost = {split: EVAL_OVERHEAD_S + self.batch_s * len(loader) for split, loader in self.loaders.items()}
-            eval_s = cost[self.eval_split] if self.eval_split else 0.0
-            # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
-            final_s = sum(cost.values()) + (eval_s if self.eval_split == "validation" else 0.0)
-            cadence = self.cadence
-            if self.space_evaluations and cadence.strategy == "epoch":
-                cadence = replace(cadence, every_epochs=eval_spacing(eval_s, step_s * cadence.steps_per_epoch))
             try:
-                plan[0] = plan_budget(
-                    self.budget_s,
-                    elapsed_s=self.clock.elapsed(),
-                    steps_done=steps_done,
-                    step_s=step_s,
-                    eval_s=eval_s,
-                    final_s=final_s,
-                    cadence=cadence,
-                )
-            except BudgetError as error:  # refused at the first plan; later, the run is out of time: it ends now
-                ended = BudgetPlan(
-                    self.budget_s, self.clock.elapsed(), steps_done, step_s, eval_s, final_s, steps_done, 0,
-                    cadence.every_epochs,
-                )  # fmt: skip
-                plan[0] = error if self.plan is None else ended
-            if isinstance(plan[0], BudgetPlan):
-                plan[0] = replace(plan[0], every_token=self._every_token(plan[0]))
+                plan[0] = self._plan_here(step_s, steps_done, self.clock.elapsed())
+            except BudgetError as error:
+                plan[0] = error
         broadcast_object_list(plan)
         if isinstance(plan[0], BudgetError):
             raise plan[0]
         self.accelerator.print(plan[0].describe())
         return plan[0]
-
-    def _every_token(self, plan: BudgetPlan) -> bool:
-        """Decided once, at the first plan: whether the budget fits ``EVERY_TOKEN_EPOCHS`` epochs of dropped steps."""
-        if self.plan is not None:
-            return self.plan.every_token
-        epochs = plan.total_steps / self.cadence.steps_per_epoch
-        return self.token_dropout is not None and epochs >= EVERY_TOKEN_EPOCHS
 
 
 def budget_plan(plan: StepPlan, time_budget: str | None, saved: dict[str, float | int] | None) -> StepPlan:
@@ -304,18 +364,21 @@ def budget_parts(
     **part: object,
 ) -> list[LoopPart]:
     """``[TimeBudget(...)]`` under ``--time_budget`` (``saved``: a resumed run's plan; ``parts``: the run's other
-    parts, of which the budget may turn token dropout off; ``part``: its other arguments), else nothing."""
+    parts, of which the budget may turn token dropout and LP-FT off; ``part``: its other arguments), else nothing."""
     if args.time_budget is None:
         return []
     if data_args.resolution_schedule:
         raise ValueError("--resolution_schedule stages a run of known length: it cannot be used with --time_budget.")
-    token_dropout = next((p for p in parts if isinstance(p, TokenDropoutPart)), None)
     return [
         TimeBudget(
             parse_duration(args.time_budget),
             saved=BudgetPlan.from_dict(saved) if saved and plan.reason == "budget" else None,
             space_evaluations=args.eval_strategy is None,
-            token_dropout=token_dropout,
+            batch_size=args.per_device_train_batch_size,
+            accumulation=args.gradient_accumulation_steps,
+            eval_batch_size=args.per_device_eval_batch_size,
+            token_dropout=next((p for p in parts if isinstance(p, TokenDropoutPart)), None),
+            linear_probe=next((p for p in parts if isinstance(p, LinearProbeHead)), None),
             **part,
         )
     ]

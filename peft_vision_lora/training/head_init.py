@@ -3,6 +3,8 @@ images (``--head_init linear_probe``)."""
 
 from __future__ import annotations
 
+import math
+
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
@@ -37,12 +39,24 @@ class LinearProbeHead(LoopPart):
     ) -> None:
         self.model, self.data, self.transforms, self.accelerator = model, data, transforms, accelerator
         self.clock, self.args, self.shuffle_buffer = clock, args, shuffle_buffer
+        self.skipped = False
 
     def recipe(self) -> str:
         return "head from a linear probe"
 
+    def skip(self) -> None:
+        """Keep the random head (a time budget of many epochs asks for it: see ``training/budget.py``)."""
+        self.skipped = True
+
+    def images(self) -> int:
+        """About how many training images the probe embeds on this process (0 when not known)."""
+        shots = self.args.linear_probe_shots
+        limit = shots * trainable_linear(head_module(self.model)).out_features if shots else None
+        known = self.data.num_train or 0
+        return math.ceil(min(known, limit or known) / self.accelerator.num_processes)
+
     def begin(self, resumed: bool) -> None:
-        if resumed:
+        if resumed or self.skipped:
             return
         with self.clock.phase("linear_probe"):
             head = head_module(self.model)

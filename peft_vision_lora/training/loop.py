@@ -162,11 +162,12 @@ class Trainer:
             train_data=self.train_data, eval_transforms=eval_tf, image_size=self.image_size,
             num_epochs=self.plan.num_epochs, clock=self.clock, cached=inputs.cache_s is not None,
         )  # fmt: skip
-        self.parts = LoopParts(parts + budget_parts(
+        # The budget comes first: before the LP-FT pass, it may choose the recipe of a run with many epochs to spare.
+        self.parts = LoopParts(budget_parts(
             training_args, data_args, plan=self.plan, saved=saved_budget, parts=parts, cadence=self.cadence,
             clock=self.clock, accelerator=accelerator, step_model=self.step_model, loaders=loaders,
-            eval_split=eval_splits[0], replan=self._replan,
-        ))  # fmt: skip
+            eval_split=eval_splits[0], replan=self._replan, image_size=self.image_size,
+        ) + parts)  # fmt: skip
         self.state = self._setup_state(resumed)
         self.log = RunLog(accelerator, self.output_dir, self.state, self.plan.steps_per_epoch)
         self.validation = Validation(

@@ -166,29 +166,66 @@ def token_keeps(monkeypatch) -> list[float]:
 @pytest.mark.parametrize(
     ("threshold", "switches"), [(7.5, True), (10**9, False)], ids=["many-epochs-fit", "few-epochs-fit"]
 )
-def test_a_budget_of_many_epochs_trains_on_every_token(
+def test_a_budget_of_many_epochs_trains_on_every_token_from_a_random_head(
     tiny_vit, tiny_data, tmp_path, monkeypatch, capsys, threshold, switches
 ):
-    """The one budget-dependent rule: when the first plan fits EVERY_TOKEN_EPOCHS epochs of token-dropped steps, the
-    run turns token dropout off and plans again on the dearer steps; with fewer epochs it keeps dropping."""
+    """The one budget-dependent rule: when the budget fits EVERY_TOKEN_EPOCHS epochs of the default recipe (token
+    dropout, LP-FT head), decided before the first step, the run trains on every token from a random head; with fewer
+    epochs it keeps both. The timed forward and backward that decides moves no weight."""
+    from peft_vision_lora.training import head_init
+
     monkeypatch.setattr("peft_vision_lora.training.budget.EVERY_TOKEN_EPOCHS", threshold)
     keeps = token_keeps(monkeypatch)
+    probes = []
+    fit = head_init.fit_linear_head
+    monkeypatch.setattr(head_init, "fit_linear_head", lambda *a, **k: probes.append(1) or fit(*a, **k))
     # 32 px images of 16 patches, of which token keep 0.5 keeps 8 (the minimum lowered from 32 so that it drops).
     flags = ["--time_budget", "12", "--token_keep", "0.5", "--token_keep_min", "4", "--logging_steps", "1"]
     metrics = budget_run(tiny_vit, tiny_data, tmp_path / "out", *flags)
     plan, printed = metrics["time_budget"], capsys.readouterr().out
-    assert f"--time_budget 12s (length set after 3 steps, checked as it runs); every token if {threshold}+" in printed
-    assert len(keeps) == metrics["total_steps"] > 20  # one training forward per step (batch 4, no accumulation)
-    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
-    plans = [e for e in log if "planned_steps" in e]
+    rule = f"every token from a random head if {threshold}+"
+    assert f"--time_budget 12s (length set after 3 steps, checked as it runs); {rule}" in printed
+    assert plan["dropped_epochs"] > 0 and f"fits about {plan['dropped_epochs']:.1f} epochs" in printed
+    assert plan["dropped_epochs"] >= threshold if switches else plan["dropped_epochs"] < threshold
+    # Two timed training forwards before the first step, then one per step (batch 4, no accumulation).
+    assert len(keeps) == metrics["total_steps"] + 2 and metrics["total_steps"] > 20
     if switches:  # thousands of tiny steps fit: 6 steps an epoch
-        assert plan["every_token"] and "on every token" in printed
-        assert keeps[:3] == [0.5] * 3 and set(keeps[3:]) == {1.0}  # dropped until the first plan (step 3), then not
-        # Planned again on every-token steps (the next one warms up, two are timed), not a tenth of the budget later.
-        assert [e["step"] for e in plans[:2]] == [3, 6]
+        assert plan["every_token"] and "on every token from a random head" in printed
+        assert keeps[:2] == [0.5] * 2 and set(keeps[2:]) == {1.0} and probes == []
     else:
         assert not plan["every_token"] and "on every token" not in printed
-        assert set(keeps) == {0.5}
+        assert set(keeps) == {0.5} and probes == [1]
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "planned_steps" in e][0] == 3  # planned on steps of the chosen recipe
+
+
+def test_the_timed_step_that_chooses_the_recipe_moves_no_weight_and_draws_no_random_number(tiny_vit):
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+
+    from peft_vision_lora.training.budget import TimeBudget
+    from peft_vision_lora.training.clock import PhaseClock
+    from peft_vision_lora.training.token_dropout import TokenDropoutPart
+
+    model = get_peft_model(AutoModelForImageClassification.from_pretrained(tiny_vit), LoraConfig(r=4))
+    with torch.no_grad():  # non-zero B matrices: a gradient step would move what the classifier outputs
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    dropout = TokenDropoutPart(model, 0.5, min_tokens=4, seed=0, image_size=32, rank=0, world_size=1)
+    budget = TimeBudget(
+        60, saved=None, clock=PhaseClock(), accelerator=Accelerator(cpu=True), step_model=model, loaders={},
+        eval_split=None, cadence=NEVER, space_evaluations=False, replan=lambda plan: None, image_size=32,
+        batch_size=4, accumulation=3, token_dropout=dropout,
+    )  # fmt: skip
+    rng = torch.get_rng_state()
+    assert budget._step_seconds() > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
+    assert all(param.grad is None for param in model.parameters())
 
 
 def test_time_budget_too_small_stops_naming_the_step_time(tiny_vit, tiny_data, tmp_path):
