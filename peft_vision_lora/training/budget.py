@@ -206,8 +206,7 @@ class TimeBudget(LoopPart):
 
     def begin(self, resumed: bool) -> None:
         if self.saved is not None:
-            self.every_token = self.saved.every_token
-            if self.every_token and self.token_dropout:
+            if self.saved.every_token and self.token_dropout:
                 self.token_dropout.keep_every_token()  # as the run did when it was checkpointed
             return
         self.batch_s = self._eval_batch_seconds()
@@ -222,7 +221,7 @@ class TimeBudget(LoopPart):
         if self.accelerator.is_main_process:
             probe_s = 0.0
             if self.linear_probe is not None:  # the pass the default recipe would make: one evaluation of train
-                probe_s = EVAL_OVERHEAD_S + self.batch_s * math.ceil(self.linear_probe.images() / self.eval_batch_size)
+                probe_s = self._pass_seconds(math.ceil(self.linear_probe.images() / self.eval_batch_size))
             try:
                 plan = self._plan_here(step_s, 0, self.clock.elapsed() + probe_s)
                 estimate[0] = plan.total_steps / self.cadence.steps_per_epoch
@@ -306,9 +305,13 @@ class TimeBudget(LoopPart):
         self.done = self.plan.total_steps <= step or self.clock.elapsed() > LAST_PLAN * self.budget_s
         self.recent = (step, time.perf_counter(), self.clock.total("eval"))
 
+    def _pass_seconds(self, batches: int) -> float:
+        """An inference pass over ``batches`` evaluation batches: an evaluation, or the LP-FT feature pass."""
+        return EVAL_OVERHEAD_S + self.batch_s * batches
+
     def _plan_here(self, step_s: float, steps_done: int, elapsed_s: float) -> BudgetPlan:
         """The plan for a step of ``step_s`` seconds, ``elapsed_s`` into the run (this process's measurements)."""
-        cost = {split: EVAL_OVERHEAD_S + self.batch_s * len(loader) for split, loader in self.loaders.items()}
+        cost = {split: self._pass_seconds(len(loader)) for split, loader in self.loaders.items()}
         eval_s = cost[self.eval_split] if self.eval_split else 0.0
         # The last evaluation of the eval split, a second one of the best weights (validation), and the test.
         final_s = sum(cost.values()) + (eval_s if self.eval_split == "validation" else 0.0)
